@@ -1,0 +1,163 @@
+//! `cutover check`: is the config valid and the host ready to deploy? Each item says how to fix it.
+//! Reads only; creates nothing. Exit 0 ready, 1 not ready, 2 invalid config.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::exit;
+use crate::nginx::Nginx;
+use crate::plan;
+use crate::proc;
+use crate::transaction::Ctx;
+
+#[derive(Serialize)]
+struct Item {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+    fix: Option<String>,
+}
+
+fn item(name: &'static str, ok: bool, detail: impl Into<String>, fix: impl Into<String>) -> Item {
+    Item { name, ok, detail: detail.into(), fix: if ok { None } else { Some(fix.into()) } }
+}
+
+/// The nearest existing ancestor of `p` (itself included).
+fn existing_ancestor(p: &Path) -> PathBuf {
+    let mut cur = p.to_path_buf();
+    while !cur.exists() {
+        match cur.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => cur = parent.to_path_buf(),
+            _ => return PathBuf::from("."),
+        }
+    }
+    cur
+}
+
+fn writable(p: &Path) -> bool {
+    nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+pub fn run(path: &Path, json: bool) -> Result<i32> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            let items = vec![item("config", false, format!("{e:#}"), "fix the config file at the line shown")];
+            print(&items, json)?;
+            return Ok(exit::USAGE);
+        }
+    };
+    let mut items = vec![item("config", true, format!("{} is valid", path.display()), "")];
+    let ctx = Ctx::new(config.clone())?;
+    let c = &config;
+
+    match Nginx::find(&c.nginx) {
+        Ok(bin) => items.push(item("nginx binary", true, bin.display().to_string(), "")),
+        Err(e) => items.push(item("nginx binary", false, format!("{e:#}"), "apt-get install nginx, or set nginx.binary")),
+    }
+    match ctx.nginx.test() {
+        Ok(()) => items.push(item("nginx -t", true, "nginx accepts its current config", "")),
+        Err(e) => items.push(item("nginx -t", false, format!("{e:#}"), "fix nginx's config until `nginx -t` passes")),
+    }
+    match ctx.nginx.master() {
+        Ok(m) => items.push(item("nginx running", true, format!("master pid {}", m.pid), "")),
+        Err(e) => items.push(item("nginx running", false, format!("{e:#}"), "start nginx (systemctl start nginx)")),
+    }
+    let up = &c.nginx.upstream_file;
+    let dir = up.parent().unwrap_or(Path::new("."));
+    items.push(item(
+        "upstream dir",
+        dir.is_dir() && writable(dir),
+        format!("{} {}", dir.display(), if dir.is_dir() { "exists" } else { "does not exist" }),
+        format!("create {} and make it writable by the user running cutover", dir.display()),
+    ));
+    match ctx.nginx.dump() {
+        Ok(dump) => {
+            let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let included = Nginx::included_files(&dump).iter().any(|f| canon(f) == canon(up));
+            items.push(item(
+                "upstream included",
+                included,
+                format!("{} {} included by nginx's config", up.display(), if included { "is" } else { "is not" }),
+                format!(
+                    "add `include {};` inside nginx's http block (cutover init writes a site file that does), \
+                     and create the file with `cutover render > {}` before the first reload",
+                    up.display(),
+                    up.display()
+                ),
+            ));
+        }
+        Err(e) => items.push(item("upstream included", false, format!("{e:#}"), "fix nginx's config first")),
+    }
+    let sd = c.state_dir();
+    let anc = existing_ancestor(&sd);
+    let sym = std::fs::symlink_metadata(&sd).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+    items.push(item(
+        "state dir",
+        writable(&anc) && !sym,
+        if sym { format!("{} is a symlink", sd.display()) } else { format!("{} (writable: {})", sd.display(), anc.display()) },
+        format!("make {} writable by the user running cutover, or set deploy.state_dir", anc.display()),
+    ));
+    let state = ctx.store.load(c.app.name.as_str()).unwrap_or_default();
+    let ours: Vec<(u16, String)> = state
+        .live
+        .iter()
+        .chain(state.previous.iter())
+        .chain(state.canary.iter().map(|c| &c.deployment))
+        .flat_map(|d| d.instances.iter().filter(|i| proc::alive(i)).map(move |i| (i.port, d.release.clone())))
+        .collect();
+    let mut busy = Vec::new();
+    let mut notes = Vec::new();
+    for port in c.pool() {
+        if let Some((_, r)) = ours.iter().find(|(p, _)| *p == port) {
+            notes.push(format!("{port} runs {r}"));
+        } else if !proc::port_free(std::net::SocketAddr::new(c.ports.bind.0, port)) {
+            busy.push(format!("{port} {}", plan::in_use_by(port)));
+        }
+    }
+    let free = c.pool().len() - busy.len() - notes.len();
+    items.push(item(
+        "ports",
+        busy.is_empty(),
+        format!(
+            "{free} of {} pool port(s) free on {}{}{}",
+            c.pool().len(),
+            c.ports.bind,
+            if notes.is_empty() { String::new() } else { format!("; {}", notes.join(", ")) },
+            if busy.is_empty() { String::new() } else { format!("; {}", busy.join(", ")) }
+        ),
+        "stop what holds those ports or take them out of ports.pool",
+    ));
+    let worst = c.health.deadline.0 + c.nginx.confirm_timeout.0 * 2 + c.deploy.drain_timeout.0 + c.app.stop_timeout.0;
+    items.push(item(
+        "time budget",
+        worst.as_secs() < 3600,
+        format!(
+            "a blue-green deploy takes at most about {} (health.deadline + reload confirm + deploy.drain_timeout + \
+             app.stop_timeout); a CodeDeploy hook's timeout must exceed it (appspec `timeout`, at most 3600 s)",
+            humantime::format_duration(worst)
+        ),
+        "lower health.deadline or deploy.drain_timeout",
+    ));
+    print(&items, json)?;
+    Ok(if items.iter().all(|i| i.ok) { exit::OK } else { exit::UNEXPECTED })
+}
+
+fn print(items: &[Item], json: bool) -> Result<()> {
+    let ready = items.iter().all(|i| i.ok);
+    if json {
+        return super::print_json(&json!({ "ready": ready, "items": items }));
+    }
+    for i in items {
+        println!("{} {:<18} {}", if i.ok { "ok  " } else { "FAIL" }, i.name, i.detail);
+        if let Some(f) = &i.fix {
+            println!("     {:<18} fix: {f}", "");
+        }
+    }
+    println!("{}", if ready { "ready to deploy" } else { "not ready: fix the items marked FAIL" });
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! `cutover deploy`: resolve the plan, then run the transaction (or print the plan with `--dry-run`).
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::{DeployArgs, StrategyArg};
+use crate::config::{Release, Strategy};
+use crate::exit;
+use crate::history::{self, Record};
+use crate::progress::Progress;
+use crate::render;
+use crate::transaction::{self, Ctx, Outcome, Plan, Target};
+
+pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
+    let release: Release = args.release.parse().map_err(exit::usage)?;
+    let strategy = match args.strategy {
+        Some(StrategyArg::BlueGreen) => Strategy::BlueGreen,
+        Some(StrategyArg::Canary) => Strategy::Canary,
+        None => ctx.config.deploy.strategy,
+    };
+    if strategy != Strategy::BlueGreen {
+        return Err(exit::usage(format!(
+            "strategy {strategy} is not available in this version of cutover; use blue-green"
+        )));
+    }
+    let target = Target {
+        kind: "deploy",
+        release: release.clone(),
+        strategy: strategy.to_string(),
+        reuse: Vec::new(),
+        start: ctx.config.deploy.instances.0 as usize,
+    };
+    let mut progress = Progress::new();
+    if args.dry_run {
+        let state = ctx.store.load(ctx.config.app.name.as_str())?;
+        let plan = transaction::plan(ctx, &state, &target, false)?;
+        print_plan(ctx, &plan, json)?;
+        return Ok(exit::OK);
+    }
+    let (_lock, mut state) = super::begin(ctx, args.lock.lock_wait, args.force, &progress)?;
+    if let Some(c) = &state.canary {
+        return Err(exit::Failure::new(
+            exit::UNEXPECTED,
+            format!(
+                "a canary of {} is running at {}%: finish it with `cutover promote` or `cutover abort` first",
+                c.deployment.release, c.weight
+            ),
+        ));
+    }
+    let from = state.live.as_ref().map(|d| d.release.clone());
+    progress.note(format!(
+        "deploying {release} ({strategy}) for {}{}",
+        ctx.config.app.name,
+        from.as_ref().map(|f| format!(", replacing {f}")).unwrap_or_default()
+    ));
+    let result = transaction::plan(ctx, &state, &target, true)
+        .and_then(|plan| transaction::switch(ctx, &mut state, &target, plan, &mut progress));
+    history::record(
+        &ctx.store,
+        Record { kind: "deploy", release: release.as_str(), from: from.clone(), strategy: Some(strategy.to_string()) },
+        &result,
+        &progress,
+    );
+    let outcome = result?;
+    report(ctx, "deploy", &outcome, from, &progress, json)?;
+    Ok(exit::OK)
+}
+
+/// What is live now and how long each step took: text on stdout, or one JSON document.
+pub fn report(ctx: &Ctx, kind: &str, o: &Outcome, from: Option<String>, progress: &Progress, json: bool) -> Result<()> {
+    if json {
+        return super::print_json(&json!({
+            "ok": true,
+            "kind": kind,
+            "app": ctx.config.app.name.as_str(),
+            "release": o.live.release,
+            "from": from,
+            "live": o.live,
+            "previous": o.previous,
+            "stopped": o.stopped,
+            "drained": o.drained,
+            "steps": progress.steps,
+            "total_ms": crate::util::ms(progress.elapsed()),
+        }));
+    }
+    println!("live:     {}", super::describe(ctx, &o.live));
+    if let Some(p) = &o.previous {
+        println!("previous: {}", super::describe(ctx, p));
+    }
+    let steps: Vec<String> = progress.steps.iter().map(|s| format!("{} {} ms", s.name, s.ms)).collect();
+    println!("steps:    {}", steps.join(", "));
+    println!("total:    {}", crate::util::human_ms(progress.elapsed()));
+    Ok(())
+}
+
+fn print_plan(ctx: &Ctx, plan: &Plan, json: bool) -> Result<()> {
+    let path = ctx.config.nginx.upstream_file.display().to_string();
+    let before = plan.upstream_before.clone().unwrap_or_default();
+    let diff = render::diff(&before, &plan.upstream_after, &path);
+    if json {
+        return super::print_json(&json!({ "dry_run": true, "plan": plan, "diff": diff }));
+    }
+    let c = &ctx.config;
+    println!("plan: {} {} ({}) for app {}", plan.kind, plan.release, plan.strategy, c.app.name);
+    for i in &plan.reclaim {
+        println!("  stop idle previous {} on port {} to free its port", i.release, i.port);
+    }
+    if !plan.new_ports.is_empty() {
+        let ports: Vec<String> = plan.new_ports.iter().map(|p| p.to_string()).collect();
+        println!("  start {} instance(s) of {} on port {}", plan.new_ports.len(), plan.release, ports.join(", "));
+        println!(
+            "  health-check GET {} until {} consecutive pass(es), deadline {}",
+            ctx.health_url(plan.new_ports[0]),
+            c.health.successes,
+            c.health.deadline
+        );
+    }
+    for p in &plan.reuse_ports {
+        println!("  switch to {} already running on port {p}", plan.release);
+    }
+    println!("  write {path}, nginx -t, reload nginx and confirm new workers");
+    println!("  wait for the old nginx workers to exit (up to {})", c.deploy.drain_timeout);
+    for i in &plan.stop_after {
+        println!("  stop {} on port {} (SIGTERM, SIGKILL after {})", i.release, i.port, c.app.stop_timeout);
+    }
+    for i in &plan.keep {
+        println!("  keep {} on port {} running idle for rollback", i.release, i.port);
+    }
+    if diff.is_empty() {
+        println!("upstream file unchanged");
+    } else {
+        println!("upstream diff:\n{diff}");
+    }
+    eprintln!("cutover: dry run: nothing was started, written or reloaded");
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! `cutover init`: a commented cutover.toml and an nginx site file that includes the upstream file.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::cli::InitArgs;
+use crate::config::Name;
+use crate::exit;
+
+pub fn run(config_path: &Path, args: InitArgs) -> Result<i32> {
+    let name: Name = args.name.parse().map_err(exit::usage)?;
+    for p in [config_path, args.site.as_path()] {
+        if p.exists() && !args.force {
+            return Err(exit::usage(format!("{} exists; pass --force to overwrite it", p.display())));
+        }
+    }
+    let config = CONFIG.replace("NAME", name.as_str());
+    let site = SITE.replace("NAME", name.as_str());
+    std::fs::write(config_path, config).with_context(|| format!("could not write {}", config_path.display()))?;
+    std::fs::write(&args.site, site).with_context(|| format!("could not write {}", args.site.display()))?;
+    println!("wrote {} and {}", config_path.display(), args.site.display());
+    println!("next: edit app.start, copy the site file into nginx's config (e.g. /etc/nginx/sites-enabled/),");
+    println!("      `cutover render > /etc/nginx/conf.d/{name}.upstream.conf`, reload nginx, then `cutover check`");
+    Ok(exit::OK)
+}
+
+const CONFIG: &str = r#"# cutover.toml: how cutover deploys NAME. Unknown keys are errors; durations are human (250ms, 30s, 5m).
+
+[app]
+name = "NAME"                      # [a-z0-9_-]; names the upstream, the state dir and the log files
+# {{port}} and {{release}} are substituted; PORT and CUTOVER_RELEASE are also in the app's environment.
+start = "/srv/NAME/releases/{{release}}/bin/server --port {{port}}"
+# workdir = "/srv/NAME"
+# env = { RAILS_ENV = "production" }
+stop_timeout = "30s"               # SIGTERM, then SIGKILL after this
+
+[ports]
+pool = [8081, 8082]                # or range = "8081-8090"; needs 2 x deploy.instances ports
+bind = "127.0.0.1"
+
+[health]
+path = "/health"
+expect_status = 200
+# expect_body = "UP"               # optional substring
+interval = "250ms"
+timeout = "2s"
+deadline = "60s"
+successes = 2
+
+[nginx]
+upstream_file = "/etc/nginx/conf.d/NAME.upstream.conf"
+# binary = "nginx"
+# prefix = "/opt/nginx"  conf = "/opt/nginx/conf/nginx.conf"   (a private nginx: nginx -p PREFIX -c CONF)
+# pid_file = "/run/nginx.pid"     (found from nginx's config when absent)
+# reload = "signal"               # or "systemctl", or ["sudo", "nginx", "-s", "reload"]
+# template = "upstream.conf.tera" # override the built-in upstream template
+
+[deploy]
+strategy = "blue-green"
+instances = 1
+drain_timeout = "30s"              # longest wait for nginx's old workers before stopping the old release
+keep_previous = false              # true: keep the previous release running idle for a sub-second rollback
+# state_dir = "/var/lib/cutover"
+
+[hooks]                            # shell commands; CUTOVER_* variables describe the deploy
+# before_start = "..."
+# after_healthy = "..."            # a failure here aborts the deploy before traffic moves (exit 3)
+# after_switch = "..."
+# after_rollback = "..."
+# on_failure = "..."
+"#;
+
+const SITE: &str = r#"# nginx site for NAME, written by `cutover init`. Put it in nginx's http context
+# (Debian: /etc/nginx/sites-enabled/NAME). The upstream `NAME` lives in the file cutover manages.
+include /etc/nginx/conf.d/NAME.upstream.conf;
+
+server {
+    listen 80;
+    server_name _;
+
+    location / {
+        proxy_pass http://NAME;
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        # Retry another server only for requests that cannot have reached the app.
+        proxy_next_upstream error timeout;
+    }
+}
+"#;

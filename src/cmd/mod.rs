@@ -1,0 +1,100 @@
+//! One module per subcommand, dispatched from one `match`.
+
+mod check;
+mod deploy;
+mod history;
+mod init;
+mod render;
+mod rollback;
+mod status;
+
+use std::io::Write;
+
+use anyhow::Result;
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, Config};
+use crate::exit;
+use crate::transaction::Ctx;
+
+pub fn run(cli: Cli) -> Result<i32> {
+    let path = config::config_path(cli.config.as_deref());
+    let json = cli.json;
+    let load = || -> Result<Ctx> { Ctx::new(Config::load(&path)?) };
+    match cli.command {
+        Command::Init(args) => init::run(&path, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cutover", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Check => check::run(&path, json),
+        Command::Deploy(args) => deploy::run(&load()?, args, json),
+        Command::Status(args) => status::run(&load()?, args, json),
+        Command::Rollback(args) => rollback::run(&load()?, args, json),
+        Command::Render(args) => render::run(&load()?, args, json),
+        Command::History(args) => history::run(&load()?, args, json),
+        Command::Promote(_) | Command::Abort(_) | Command::Canary(_) => {
+            let _ = load()?;
+            Err(exit::usage("no canary is running for this app (start one with `cutover deploy --strategy canary`)"))
+        }
+    }
+}
+
+/// Print one JSON document on stdout.
+pub fn print_json(value: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// The start of every command that changes something: take the lock, load state, clean up after a killed
+/// run, and report drift. Upstream drift stops the command unless `force`: cutover would overwrite a change
+/// someone made by hand.
+pub fn begin(
+    ctx: &Ctx,
+    lock_wait: Option<std::time::Duration>,
+    force: bool,
+    progress: &crate::progress::Progress,
+) -> Result<(crate::lock::Lock, crate::state::State)> {
+    ctx.store.ensure()?;
+    let (lock, stale) = crate::lock::acquire(&ctx.store, lock_wait)?;
+    if let Some(h) = stale {
+        progress.warn(format!("took over the lock left by {h}: that process is gone"));
+    }
+    let mut state = ctx.store.load(ctx.config.app.name.as_str())?;
+    crate::transaction::recover(ctx, &mut state, progress)?;
+    let drift = crate::transaction::reconcile(ctx, &state)?;
+    for d in &drift {
+        progress.warn(format!("drift: {d}"));
+    }
+    let upstream_drift = drift.iter().any(|d| d.starts_with("upstream file"));
+    if upstream_drift && !force {
+        return Err(exit::Failure::new(
+            exit::UNEXPECTED,
+            format!(
+                "the upstream file {} was changed outside cutover; look at `cutover render --diff`, then run again \
+                 with --force to replace it",
+                ctx.config.nginx.upstream_file.display()
+            ),
+        ));
+    }
+    Ok((lock, state))
+}
+
+/// `release v2 on 127.0.0.1:8082 (pid 41), 127.0.0.1:8083 (pid 42)`.
+pub fn describe(ctx: &Ctx, d: &crate::state::Deployment) -> String {
+    let inst: Vec<String> = d
+        .instances
+        .iter()
+        .map(|i| {
+            let pid = match i.pid {
+                Some(p) if crate::proc::alive(i) => format!("pid {p}"),
+                _ => "stopped".into(),
+            };
+            format!("{} ({pid})", ctx.config.ports.bind.with_port(i.port))
+        })
+        .collect();
+    format!("{} on {}", d.release, inst.join(", "))
+}

@@ -1,0 +1,45 @@
+//! Progress on stderr: one plain line per step with its duration, so that CI logs read well, and the step
+//! timings kept for the summary and the history.
+
+use std::time::{Duration, Instant};
+
+use crate::state::Step;
+use crate::util;
+
+pub struct Progress {
+    started: Instant,
+    pub steps: Vec<Step>,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress { started: Instant::now(), steps: Vec::new() }
+    }
+
+    /// Record and print a finished step.
+    pub fn step(&mut self, name: &str, took: Duration, detail: impl Into<String>) {
+        let detail = detail.into();
+        eprintln!("cutover: {name:<9} {detail} ({})", util::human_ms(took));
+        self.steps.push(Step { name: name.into(), ms: util::ms(took), detail });
+    }
+
+    /// Time `f` as a step named `name`; the detail comes from its result.
+    pub fn time<T>(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<(T, String)>) -> anyhow::Result<T> {
+        let t = Instant::now();
+        let (value, detail) = f()?;
+        self.step(name, t.elapsed(), detail);
+        Ok(value)
+    }
+
+    pub fn note(&self, msg: impl AsRef<str>) {
+        eprintln!("cutover: {}", msg.as_ref());
+    }
+
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        eprintln!("cutover: warning: {}", msg.as_ref());
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}

@@ -1,0 +1,133 @@
+//! Rendering the nginx upstream file: a pure function from a plan to text.
+//!
+//! The built-in template is compiled in; `nginx.template` overrides it. Every value handed to the template is a
+//! validated type (app name, release, IP address, port, integer weight), so no input can add a directive.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+pub const BUILTIN_TEMPLATE: &str = include_str!("../templates/upstream.conf.tera");
+
+/// One `server` line.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Server {
+    /// `127.0.0.1:8081` or `[::1]:8081`.
+    pub address: String,
+    pub port: u16,
+    pub release: String,
+    pub weight: u32,
+    /// Kept in the file but sent no traffic.
+    pub down: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CanaryView {
+    pub release: String,
+    /// Percent of traffic.
+    pub weight: u8,
+}
+
+/// Everything the template sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    pub app: String,
+    /// The upstream's name: the app name.
+    pub upstream: String,
+    pub generation: u64,
+    pub live_release: Option<String>,
+    pub canary: Option<CanaryView>,
+    pub servers: Vec<Server>,
+}
+
+pub fn render(template: Option<&str>, view: &View) -> Result<String> {
+    let mut tera = tera::Tera::default();
+    let source = template.unwrap_or(BUILTIN_TEMPLATE);
+    tera.add_raw_template("upstream.conf", source).context("invalid upstream template")?;
+    let ctx = tera::Context::from_serialize(view).context("could not build template context")?;
+    let mut out = tera.render("upstream.conf", &ctx).map_err(|e| {
+        // tera keeps the useful part in the source chain.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        anyhow::anyhow!("could not render the upstream template: {msg}")
+    })?;
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The unified diff from `old` to `new`, labelled with the file's path.
+pub fn diff(old: &str, new: &str, path: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("{path} (on disk)"), &format!("{path} (cutover)"))
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(port: u16, release: &str, weight: u32) -> Server {
+        Server { address: format!("127.0.0.1:{port}"), port, release: release.into(), weight, down: false }
+    }
+
+    #[test]
+    fn builtin_template_renders_whole_file() {
+        let view = View {
+            app: "shop".into(),
+            upstream: "shop".into(),
+            generation: 7,
+            live_release: Some("v2".into()),
+            canary: None,
+            servers: vec![server(8082, "v2", 1), server(8083, "v2", 1)],
+        };
+        assert_eq!(
+            render(None, &view).unwrap(),
+            "# Managed by cutover: rewritten on every deploy and rollback; edits here are reported as drift.\n\
+             # app shop | generation 7 | live v2\n\
+             upstream shop {\n    \
+             # A shared zone keeps one balancer state (and so exact weights) across all nginx workers.\n    \
+             zone shop 64k;\n    \
+             server 127.0.0.1:8082;  # v2\n    \
+             server 127.0.0.1:8083;  # v2\n\
+             }\n"
+        );
+    }
+
+    #[test]
+    fn weights_and_down_are_written() {
+        let mut view = View {
+            app: "shop".into(),
+            upstream: "shop".into(),
+            generation: 1,
+            live_release: Some("v1".into()),
+            canary: Some(CanaryView { release: "v2".into(), weight: 10 }),
+            servers: vec![server(8081, "v1", 9), server(8082, "v2", 1)],
+        };
+        view.servers[1].down = true;
+        let text = render(None, &view).unwrap();
+        assert!(text.contains("server 127.0.0.1:8081 weight=9;  # v1\n"), "{text}");
+        assert!(text.contains("server 127.0.0.1:8082 down;  # v2\n"), "{text}");
+        assert!(text.contains("| canary v2 at 10%"), "{text}");
+    }
+
+    #[test]
+    fn template_errors_are_reported() {
+        let view = View {
+            app: "a".into(),
+            upstream: "a".into(),
+            generation: 0,
+            live_release: None,
+            canary: None,
+            servers: vec![],
+        };
+        let e = render(Some("{{ nope }}"), &view).unwrap_err();
+        assert!(format!("{e:#}").contains("nope"), "{e:#}");
+    }
+}
