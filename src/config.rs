@@ -25,6 +25,7 @@ pub struct Config {
     #[serde(default)]
     pub canary: Canary,
     #[serde(default)]
+    #[allow(dead_code)]
     pub rolling: Rolling,
     #[serde(default)]
     pub hooks: Hooks,
@@ -182,6 +183,7 @@ impl Default for Deploy {
     }
 }
 
+#[allow(dead_code)] // read by the canary strategy, which lands next
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Canary {
@@ -218,6 +220,9 @@ impl Default for Canary {
     }
 }
 
+/// Parsed and validated so that a config written against DESIGN.md loads; the rolling strategy itself is not
+/// built yet and `deploy` says so.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rolling {
@@ -367,9 +372,7 @@ impl std::str::FromStr for Release {
         if ok {
             Ok(Release(s.to_string()))
         } else {
-            Err(format!(
-                "invalid release {s:?}: use 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
-            ))
+            Err(format!("invalid release {s:?}: use 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"))
         }
     }
 }
@@ -652,6 +655,7 @@ impl fmt::Display for HeaderName {
     }
 }
 
+#[allow(dead_code)]
 impl HeaderName {
     /// The nginx variable for this header: `X-Canary` → `$http_x_canary`.
     pub fn nginx_var(&self) -> String {
@@ -760,9 +764,7 @@ impl Config {
         }
         let steps: Vec<u8> = self.canary.steps.iter().map(|p| p.0).collect();
         if steps.is_empty() || steps.windows(2).any(|w| w[0] >= w[1]) || steps[0] == 0 {
-            return bad(format!(
-                "canary.steps must rise from above 0, e.g. [10, 50, 100]; got {steps:?}"
-            ));
+            return bad(format!("canary.steps must rise from above 0, e.g. [10, 50, 100]; got {steps:?}"));
         }
         if let Some(f) = self.canary.max_latency_factor {
             if f.is_nan() || f < 1.0 {
@@ -858,7 +860,11 @@ upstream_file = "shop.upstream.conf"
             (r#"name = "shop""#, r#"name = "}""#, "invalid app name"),
             (r#"name = "shop""#, "name = \"a\\nb\"", "invalid app name"),
             ("pool = [8081, 8082]", r#"pool = ["8081; server 10.0.0.1:80", 8082]"#, "invalid type"),
-            ("pool = [8081, 8082]", "pool = [8081, 8082]\nbind = \"127.0.0.1; server 10.0.0.1\"", "invalid bind address"),
+            (
+                "pool = [8081, 8082]",
+                "pool = [8081, 8082]\nbind = \"127.0.0.1; server 10.0.0.1\"",
+                "invalid bind address",
+            ),
             ("pool = [8081, 8082]", "pool = [70000, 8082]", "invalid port 70000"),
         ] {
             let e = err(&MINIMAL.replace(needle, replacement));

@@ -22,7 +22,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(code: i32, message: impl Into<String>) -> anyhow::Error {
+    pub fn error(code: i32, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Failure { code, message: message.into() })
     }
 }
@@ -37,12 +37,9 @@ impl std::error::Error for Failure {}
 
 /// The exit code for an error: the code of the first [`Failure`] in its chain, else 1.
 pub fn code_of(err: &anyhow::Error) -> i32 {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<Failure>())
-        .map(|f| f.code)
-        .unwrap_or(UNEXPECTED)
+    err.chain().find_map(|e| e.downcast_ref::<Failure>()).map(|f| f.code).unwrap_or(UNEXPECTED)
 }
 
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    Failure::new(USAGE, message)
+    Failure::error(USAGE, message)
 }

@@ -8,11 +8,7 @@ use crate::proc;
 
 /// One probe: `Ok` when the status (and body substring, if configured) match, else why not.
 pub fn probe(url: &str, health: &Health) -> Result<(), String> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(health.timeout.0)
-        .max_idle_connections(0)
-        .redirects(0)
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout(health.timeout.0).max_idle_connections(0).redirects(0).build();
     let response = match agent.get(url).call() {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
@@ -21,11 +17,7 @@ pub fn probe(url: &str, health: &Health) -> Result<(), String> {
     let status = response.status();
     let body = response.into_string().unwrap_or_default();
     if status != health.expect_status {
-        return Err(format!(
-            "GET {url}: status {status}, expected {}{}",
-            health.expect_status,
-            snippet(&body)
-        ));
+        return Err(format!("GET {url}: status {status}, expected {}{}", health.expect_status, snippet(&body)));
     }
     if let Some(want) = &health.expect_body {
         if !body.contains(want.as_str()) {
@@ -57,8 +49,8 @@ fn snippet(body: &str) -> String {
 /// How waiting for health ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Healthy after this long; `first_pass` is when the first of the consecutive passes was seen.
-    Healthy { after: Duration, probes: u32 },
+    /// Healthy after this many probes.
+    Healthy { probes: u32 },
     /// The process exited before it became healthy.
     Exited(String),
     /// The deadline passed; the last probe's failure.
@@ -86,7 +78,7 @@ pub fn wait_healthy(url: &str, health: &Health, child: &mut Child) -> Outcome {
             Ok(()) => {
                 streak += 1;
                 if streak >= health.successes {
-                    return Outcome::Healthy { after: started.elapsed(), probes };
+                    return Outcome::Healthy { probes };
                 }
             }
             Err(reason) => {

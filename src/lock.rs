@@ -78,9 +78,7 @@ pub fn acquire(store: &Store, wait: Option<Duration>) -> Result<(Lock, Option<Ho
                 };
                 locked.set_len(0).context("could not truncate lock file")?;
                 locked.seek(SeekFrom::Start(0)).context("could not write lock file")?;
-                locked
-                    .write_all(serde_json::to_string(&me)?.as_bytes())
-                    .context("could not write lock file")?;
+                locked.write_all(serde_json::to_string(&me)?.as_bytes()).context("could not write lock file")?;
                 locked.sync_all().context("could not fsync lock file")?;
                 return Ok((Lock { file: locked }, stale));
             }
@@ -90,7 +88,7 @@ pub fn acquire(store: &Store, wait: Option<Duration>) -> Result<(Lock, Option<Ho
                     let who = read_holder(&mut file)
                         .map(|h| format!("held by {h}"))
                         .unwrap_or_else(|| "held by another cutover run".into());
-                    return Err(Failure::new(
+                    return Err(Failure::error(
                         LOCKED,
                         format!(
                             "another cutover run holds the lock for this app ({who}); wait for it, or pass \

@@ -48,10 +48,6 @@ impl Nginx {
             })
     }
 
-    pub fn binary(&self) -> &Path {
-        &self.binary
-    }
-
     fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);
         if let Some(p) = &self.cfg.prefix {
@@ -80,10 +76,7 @@ impl Nginx {
     }
 
     fn run(&self, args: &[&str]) -> Result<Output> {
-        self.command()
-            .args(args)
-            .output()
-            .with_context(|| format!("could not run {}", self.describe(&args.join(" "))))
+        self.command().args(args).output().with_context(|| format!("could not run {}", self.describe(&args.join(" "))))
     }
 
     /// `nginx -t`. A rejection is a [`Failure`] with exit code 4 carrying nginx's own message.
@@ -93,7 +86,7 @@ impl Nginx {
             return Ok(());
         }
         let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        Err(Failure::new(
+        Err(Failure::error(
             NGINX,
             format!("nginx rejected the config ({} exited {}):\n{msg}", self.describe("-t"), status_text(&out)),
         ))
@@ -187,7 +180,7 @@ impl Nginx {
                 return Ok(started.elapsed());
             }
             if started.elapsed() >= timeout {
-                return Err(Failure::new(
+                return Err(Failure::error(
                     NGINX,
                     format!(
                         "nginx did not apply the reload: after {} master {} still runs only its old workers \
@@ -301,7 +294,7 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(Failure::new(
+        Err(Failure::error(
             NGINX,
             format!("{what} exited {}: {}", status_text(&out), String::from_utf8_lossy(&out.stderr).trim()),
         ))
@@ -319,9 +312,6 @@ mod tests {
         assert_eq!(main_directive(dump, "pid").as_deref(), Some("logs/nginx.pid"));
         assert_eq!(main_directive(dump, "error_log").as_deref(), Some("logs/error.log"));
         assert_eq!(main_directive(dump, "user"), None);
-        assert_eq!(
-            Nginx::included_files(dump),
-            vec![PathBuf::from("/p/nginx.conf"), PathBuf::from("/p/x.conf")]
-        );
+        assert_eq!(Nginx::included_files(dump), vec![PathBuf::from("/p/nginx.conf"), PathBuf::from("/p/x.conf")]);
     }
 }

@@ -65,12 +65,7 @@ pub fn view(config: &Config, generation: u64, live: Option<&Deployment>, canary:
 
 /// The view for what `state` says is live.
 pub fn view_of(config: &Config, state: &State) -> View {
-    view(
-        config,
-        state.generation,
-        state.live.as_ref(),
-        state.canary.as_ref().map(|c| (&c.deployment, c.weight)),
-    )
+    view(config, state.generation, state.live.as_ref(), state.canary.as_ref().map(|c| (&c.deployment, c.weight)))
 }
 
 /// A port of the pool and why it cannot be used.

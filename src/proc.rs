@@ -48,7 +48,13 @@ pub fn start(spec: &StartSpec) -> Result<(Child, Instance)> {
     {
         use std::io::Write;
         let mut l = &log;
-        let _ = writeln!(l, "--- cutover: starting {} on port {} at {}: {command}", spec.release, spec.port, util::now_rfc3339());
+        let _ = writeln!(
+            l,
+            "--- cutover: starting {} on port {} at {}: {command}",
+            spec.release,
+            spec.port,
+            util::now_rfc3339()
+        );
     }
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
@@ -132,9 +138,8 @@ fn reap(pid: i32) {
 /// or a container's pid 1) has not reaped it yet has stopped serving, and waiting for the reap can take seconds.
 fn group_alive(pid: i32) -> bool {
     reap(pid);
-    match killpg(Pid::from_raw(pid), None) {
-        Err(Errno::ESRCH) => return false,
-        Ok(()) | Err(_) => {}
+    if let Err(Errno::ESRCH) = killpg(Pid::from_raw(pid), None) {
+        return false;
     }
     let Ok(entries) = fs::read_dir("/proc") else { return pid_alive(pid) };
     entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).any(|p| {

@@ -23,14 +23,6 @@ impl Progress {
         self.steps.push(Step { name: name.into(), ms: util::ms(took), detail });
     }
 
-    /// Time `f` as a step named `name`; the detail comes from its result.
-    pub fn time<T>(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<(T, String)>) -> anyhow::Result<T> {
-        let t = Instant::now();
-        let (value, detail) = f()?;
-        self.step(name, t.elapsed(), detail);
-        Ok(value)
-    }
-
     pub fn note(&self, msg: impl AsRef<str>) {
         eprintln!("cutover: {}", msg.as_ref());
     }

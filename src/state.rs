@@ -37,12 +37,6 @@ pub struct Deployment {
     pub since: String,
 }
 
-impl Deployment {
-    pub fn ports(&self) -> Vec<u16> {
-        self.instances.iter().map(|i| i.port).collect()
-    }
-}
-
 /// A canary in progress: its instances and its current share of traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CanaryState {
@@ -150,10 +144,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn exists(&self) -> bool {
-        self.state_path().exists()
-    }
-
     /// The saved state, or an empty one when nothing was ever deployed.
     pub fn load(&self, app: &str) -> Result<State> {
         let path = self.state_path();
@@ -161,7 +151,10 @@ impl Store {
         match fs::read_to_string(&path) {
             Ok(text) => {
                 let state: State = serde_json::from_str(&text).with_context(|| {
-                    format!("could not parse {}; fix or move it away (history.jsonl beside it says what was deployed)", path.display())
+                    format!(
+                        "could not parse {}; fix or move it away (history.jsonl beside it says what was deployed)",
+                        path.display()
+                    )
                 })?;
                 Ok(state)
             }
@@ -203,7 +196,8 @@ impl Store {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
-                serde_json::from_str(l).with_context(|| format!("{} line {}: not a history event", path.display(), i + 1))
+                serde_json::from_str(l)
+                    .with_context(|| format!("{} line {}: not a history event", path.display(), i + 1))
             })
             .collect()
     }

@@ -95,9 +95,16 @@ impl Ctx {
         let stderr = std::io::stderr();
         c.stdout(Stdio::from(std::os::fd::AsFd::as_fd(&stderr).try_clone_to_owned()?));
         let status = c.status().with_context(|| format!("could not run hook {name}"))?;
-        progress.note(format!("hook {name} exited {} ({})", status.code().unwrap_or(-1), util::human_ms(started.elapsed())));
+        progress.note(format!(
+            "hook {name} exited {} ({})",
+            status.code().unwrap_or(-1),
+            util::human_ms(started.elapsed())
+        ));
         if !status.success() {
-            anyhow::bail!("hook {name} ({cmd:?}) exited {}", status.code().map(|c| c.to_string()).unwrap_or("on a signal".into()));
+            anyhow::bail!(
+                "hook {name} ({cmd:?}) exited {}",
+                status.code().map(|c| c.to_string()).unwrap_or("on a signal".into())
+            );
         }
         Ok(())
     }
@@ -123,6 +130,10 @@ pub struct Outcome {
     pub stopped: Vec<Instance>,
     pub upstream: String,
     pub drained: bool,
+    /// When cutover saw the last new instance pass its health check (Unix ms), for measuring detection lag.
+    pub healthy_unix_ms: u64,
+    /// From that moment until traffic was fully on the new release and the old nginx workers were gone.
+    pub switch_ms: u64,
 }
 
 /// The plan, resolved before any side effect.
@@ -244,22 +255,21 @@ pub fn plan(ctx: &Ctx, state: &State, target: &Target, need_master: bool) -> Res
         with_prev.push((i.port, format!("previous {} kept running (pid {})", i.release, i.pid.unwrap_or(0))));
     }
     let (mut ports, busy) = plan::pick_ports(config, target.start, &with_prev);
+    // The pool is full: an idle previous release (not in the upstream) gives up its ports.
     let mut reclaim = Vec::new();
-    if ports.len() < target.start && !prev_alive.is_empty() {
-        // The pool is full: the idle previous release gives up its ports (it is not in the upstream).
-        let (p2, _) = plan::pick_ports(config, target.start, &taken);
-        reclaim = prev_alive.iter().filter(|i| p2.contains(&i.port)).cloned().collect();
-        ports = p2;
-    }
-    if ports.len() < target.start {
-        // Ports the reclaimed previous instances hold are not bindable yet; count them as available.
-        let reclaimed: Vec<u16> = reclaim.iter().map(|i| i.port).collect();
-        let extra: Vec<u16> = reclaimed.iter().copied().filter(|p| !ports.contains(p)).collect();
-        ports.extend(extra.into_iter().take(target.start - ports.len()));
+    let pool = config.pool();
+    for i in &prev_alive {
+        if ports.len() >= target.start {
+            break;
+        }
+        if pool.contains(&i.port) && !ports.contains(&i.port) {
+            reclaim.push(i.clone());
+            ports.push(i.port);
+        }
     }
     if ports.len() < target.start {
         let why: Vec<String> = busy.iter().map(|b| format!("{} {}", b.port, b.why)).collect();
-        return Err(Failure::new(
+        return Err(Failure::error(
             UNEXPECTED,
             format!(
                 "no idle port in ports.pool for {} new instance(s): {}; free them or widen ports.pool",
@@ -360,14 +370,14 @@ pub fn apply_upstream(
     let t = Instant::now();
     util::write_atomic(path, candidate.as_bytes(), 0o644)
         .with_context(|| format!("could not write upstream file {}", path.display()))?;
-    let wrote = t.elapsed();
+    progress.step("write", t.elapsed(), format!("wrote {} atomically", path.display()));
     let t = Instant::now();
     if let Err(e) = ctx.nginx.test() {
         ctx.restore_upstream(before)?;
         progress.step("validate", t.elapsed(), "nginx -t rejected the new upstream; previous file restored");
         return Err(e);
     }
-    progress.step("validate", wrote + t.elapsed(), format!("wrote {} and nginx -t passed", path.display()));
+    progress.step("validate", t.elapsed(), "nginx -t passed");
     let t = Instant::now();
     let old = master.workers();
     let reloaded = ctx.nginx.reload(master).and_then(|()| ctx.nginx.confirm(master, &old));
@@ -391,7 +401,6 @@ pub fn apply_upstream(
 
 /// Run the transaction for `target`. On error, everything this run changed has been undone.
 pub fn switch(ctx: &Ctx, state: &mut State, target: &Target, plan: Plan, progress: &mut Progress) -> Result<Outcome> {
-    let config = &ctx.config;
     let master = plan.master.clone().context("nginx master unknown")?;
     let previous_release = state.live.as_ref().map(|d| d.release.clone()).unwrap_or_default();
     let mut env: BTreeMap<&str, String> = BTreeMap::new();
@@ -451,7 +460,11 @@ fn run_steps(
             proc::stop(i, config.app.stop_timeout.0);
         }
         let ports: Vec<String> = plan.reclaim.iter().map(|i| i.port.to_string()).collect();
-        progress.step("reclaim", t.elapsed(), format!("stopped idle previous instance(s) on {} to free the port(s)", ports.join(", ")));
+        progress.step(
+            "reclaim",
+            t.elapsed(),
+            format!("stopped idle previous instance(s) on {} to free the port(s)", ports.join(", ")),
+        );
         if let Some(prev) = &mut state.previous {
             for i in &mut prev.instances {
                 if plan.reclaim.iter().any(|r| r.pid == i.pid) {
@@ -483,10 +496,8 @@ fn run_steps(
         }
     }
     if !started.is_empty() {
-        let what: Vec<String> = started
-            .iter()
-            .map(|s| format!("{} (pid {})", s.instance.port, s.instance.pid.unwrap_or(0)))
-            .collect();
+        let what: Vec<String> =
+            started.iter().map(|s| format!("{} (pid {})", s.instance.port, s.instance.pid.unwrap_or(0))).collect();
         progress.step("start", t.elapsed(), format!("{} on port {}", target.release, what.join(", ")));
     }
 
@@ -524,23 +535,30 @@ fn run_steps(
         progress.step("health", t.elapsed(), format!("{} of {} new instance(s) failed", failures.len(), started.len()));
         stop_started(ctx, &mut started, progress);
         clear(state)?;
-        return Err(Failure::new(
+        return Err(Failure::error(
             UNHEALTHY,
-            format!("new release {} failed its health check; nginx and traffic untouched\n{}", target.release, failures.join("\n")),
+            format!(
+                "new release {} failed its health check; nginx and traffic untouched\n{}",
+                target.release,
+                failures.join("\n")
+            ),
         ));
     }
     if !started.is_empty() {
-        let probes: u32 = outcomes.iter().map(|o| if let health::Outcome::Healthy { probes, .. } = o { *probes } else { 0 }).sum();
+        let probes: u32 =
+            outcomes.iter().map(|o| if let health::Outcome::Healthy { probes, .. } = o { *probes } else { 0 }).sum();
         progress.step(
             "health",
             t.elapsed(),
             format!("{} instance(s) healthy at {} ({probes} probes)", started.len(), config.health.path),
         );
     }
+    let healthy_at = Instant::now();
+    let healthy_unix_ms = unix_ms();
     if let Err(e) = ctx.hook("after_healthy", env, progress) {
         stop_started(ctx, &mut started, progress);
         clear(state)?;
-        return Err(Failure::new(UNHEALTHY, format!("{e:#}; nginx and traffic untouched")));
+        return Err(Failure::error(UNHEALTHY, format!("{e:#}; nginx and traffic untouched")));
     }
 
     // 6–8. Render (done in the plan), write, validate, reload, confirm.
@@ -548,7 +566,8 @@ fn run_steps(
         op.upstream_touched = true;
     }
     ctx.store.save(state)?;
-    let old_workers = match apply_upstream(ctx, master, plan.upstream_before.as_deref(), &plan.upstream_after, progress) {
+    let old_workers = match apply_upstream(ctx, master, plan.upstream_before.as_deref(), &plan.upstream_after, progress)
+    {
         Ok(w) => w,
         Err(e) => {
             stop_started(ctx, &mut started, progress);
@@ -584,6 +603,7 @@ fn run_steps(
             config.deploy.drain_timeout
         ));
     }
+    let switch_ms = util::ms(healthy_at.elapsed());
     let t = Instant::now();
     let mut stopped = Vec::new();
     for i in &plan.stop_after {
@@ -625,7 +645,19 @@ fn run_steps(
         // The instances stay running; dropping the handle does not signal them. Reap nothing here.
         let _ = s.child.try_wait();
     }
-    Ok(Outcome { live: new_live, previous: state.previous.clone(), stopped, upstream: plan.upstream_after.clone(), drained })
+    Ok(Outcome {
+        live: new_live,
+        previous: state.previous.clone(),
+        stopped,
+        upstream: plan.upstream_after.clone(),
+        drained,
+        healthy_unix_ms,
+        switch_ms,
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn indent(text: &str) -> String {
@@ -638,6 +670,7 @@ fn indent(text: &str) -> String {
 /// Check that reused instances are alive and answer their health check once.
 pub fn usable(ctx: &Ctx, instances: &[Instance]) -> bool {
     !instances.is_empty()
-        && instances.iter().all(|i| proc::alive(i) && health::probe(&ctx.health_url(i.port), &ctx.config.health).is_ok())
+        && instances
+            .iter()
+            .all(|i| proc::alive(i) && health::probe(&ctx.health_url(i.port), &ctx.config.health).is_ok())
 }
-

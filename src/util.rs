@@ -44,7 +44,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<()> {
             .with_context(|| format!("could not set mode on temp file for {}", path.display()))?,
     }
     file.sync_all().with_context(|| format!("could not fsync temp file for {}", path.display()))?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("could not rename temp file onto {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("could not rename temp file onto {}", path.display()))?;
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -54,10 +56,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<()> {
 /// Refuse a path that is a symlink: state must not be redirected elsewhere.
 pub fn refuse_symlink(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => bail!(
-            "refusing to use {}: it is a symlink; state paths must be real files and directories",
-            path.display()
-        ),
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("refusing to use {}: it is a symlink; state paths must be real files and directories", path.display())
+        }
         _ => Ok(()),
     }
 }

@@ -57,7 +57,9 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
 
     match Nginx::find(&c.nginx) {
         Ok(bin) => items.push(item("nginx binary", true, bin.display().to_string(), "")),
-        Err(e) => items.push(item("nginx binary", false, format!("{e:#}"), "apt-get install nginx, or set nginx.binary")),
+        Err(e) => {
+            items.push(item("nginx binary", false, format!("{e:#}"), "apt-get install nginx, or set nginx.binary"))
+        }
     }
     match ctx.nginx.test() {
         Ok(()) => items.push(item("nginx -t", true, "nginx accepts its current config", "")),
@@ -99,7 +101,11 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
     items.push(item(
         "state dir",
         writable(&anc) && !sym,
-        if sym { format!("{} is a symlink", sd.display()) } else { format!("{} (writable: {})", sd.display(), anc.display()) },
+        if sym {
+            format!("{} is a symlink", sd.display())
+        } else {
+            format!("{} (writable: {})", sd.display(), anc.display())
+        },
         format!("make {} writable by the user running cutover, or set deploy.state_dir", anc.display()),
     ));
     let state = ctx.store.load(c.app.name.as_str()).unwrap_or_default();

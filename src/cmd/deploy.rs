@@ -39,7 +39,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
     }
     let (_lock, mut state) = super::begin(ctx, args.lock.lock_wait, args.force, &progress)?;
     if let Some(c) = &state.canary {
-        return Err(exit::Failure::new(
+        return Err(exit::Failure::error(
             exit::UNEXPECTED,
             format!(
                 "a canary of {} is running at {}%: finish it with `cutover promote` or `cutover abort` first",
@@ -79,6 +79,8 @@ pub fn report(ctx: &Ctx, kind: &str, o: &Outcome, from: Option<String>, progress
             "previous": o.previous,
             "stopped": o.stopped,
             "drained": o.drained,
+            "healthy_unix_ms": o.healthy_unix_ms,
+            "switch_ms": o.switch_ms,
             "steps": progress.steps,
             "total_ms": crate::util::ms(progress.elapsed()),
         }));

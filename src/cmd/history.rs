@@ -17,7 +17,10 @@ pub fn run(ctx: &Ctx, args: HistoryArgs, json: bool) -> Result<i32> {
         println!("no deploys yet for {}", ctx.config.app.name);
         return Ok(exit::OK);
     }
-    println!("{:<24}  {:<8}  {:<12}  {:<12}  {:<14}  {:>8}  steps", "at", "kind", "release", "from", "outcome", "total");
+    println!(
+        "{:<24}  {:<8}  {:<12}  {:<12}  {:<14}  {:>8}  steps",
+        "at", "kind", "release", "from", "outcome", "total"
+    );
     for e in shown {
         let steps: Vec<String> = e.steps.iter().map(|s| format!("{} {}", s.name, s.ms)).collect();
         println!(

@@ -71,7 +71,7 @@ pub fn begin(
     }
     let upstream_drift = drift.iter().any(|d| d.starts_with("upstream file"));
     if upstream_drift && !force {
-        return Err(exit::Failure::new(
+        return Err(exit::Failure::error(
             exit::UNEXPECTED,
             format!(
                 "the upstream file {} was changed outside cutover; look at `cutover render --diff`, then run again \

@@ -17,7 +17,7 @@ pub fn run(ctx: &Ctx, args: RollbackArgs, json: bool) -> Result<i32> {
     let mut progress = Progress::new();
     let (_lock, mut state) = super::begin(ctx, args.lock.lock_wait, args.force, &progress)?;
     let Some(live) = state.live.clone() else {
-        return Err(Failure::new(exit::UNEXPECTED, "nothing is deployed, so there is nothing to roll back"));
+        return Err(Failure::error(exit::UNEXPECTED, "nothing is deployed, so there is nothing to roll back"));
     };
     let release = match (&to, &state.previous) {
         (Some(r), _) => {
@@ -31,14 +31,14 @@ pub fn run(ctx: &Ctx, args: RollbackArgs, json: bool) -> Result<i32> {
         }
         (None, Some(prev)) => prev.release.parse().map_err(exit::usage)?,
         (None, None) => {
-            return Err(Failure::new(
+            return Err(Failure::error(
                 exit::UNEXPECTED,
                 format!("no previous release is recorded for {}; pass --to RELEASE", ctx.config.app.name),
             ))
         }
     };
     if release.as_str() == live.release {
-        return Err(Failure::new(exit::UNEXPECTED, format!("{release} is already live")));
+        return Err(Failure::error(exit::UNEXPECTED, format!("{release} is already live")));
     }
     let running = state
         .previous

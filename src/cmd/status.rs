@@ -120,8 +120,12 @@ pub fn run(ctx: &Ctx, args: StatusArgs, json: bool) -> Result<i32> {
         }
         match &previous {
             Some(p) => {
-                let running: Vec<String> =
-                    p.instances.iter().filter(|i| i.alive).map(|i| format!("{} (pid {})", i.address, i.pid.unwrap_or(0))).collect();
+                let running: Vec<String> = p
+                    .instances
+                    .iter()
+                    .filter(|i| i.alive)
+                    .map(|i| format!("{} (pid {})", i.address, i.pid.unwrap_or(0)))
+                    .collect();
                 if running.is_empty() {
                     println!("previous:  {} (stopped)", p.release);
                 } else {
@@ -132,7 +136,9 @@ pub fn run(ctx: &Ctx, args: StatusArgs, json: bool) -> Result<i32> {
         }
         let path = ctx.config.nginx.upstream_file.display();
         match &drift {
-            None if state.upstream.is_some() => println!("upstream:  {path} matches state (generation {})", state.generation),
+            None if state.upstream.is_some() => {
+                println!("upstream:  {path} matches state (generation {})", state.generation)
+            }
             None => println!("upstream:  {path} (nothing written by cutover yet)"),
             Some(d) => println!("upstream:  DRIFT: {d}: {path} (see `cutover render --diff`)"),
         }

@@ -1,0 +1,343 @@
+//! Test harness: a private nginx under a temp dir on loopback ports, the fixture app, and the real `cutover`
+//! binary. Every test gets its own dir, ports and nginx; nothing touches the system nginx.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/app.py");
+
+/// nginx must be there: a test that needs it fails with a clear message instead of skipping.
+pub fn nginx_binary() -> PathBuf {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            which("nginx").or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.exists())).unwrap_or_else(|| {
+                panic!("nginx is not installed: these tests run a real nginx. Install it (apt-get install nginx) or run .ci/test, which does")
+            })
+        })
+        .clone()
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// Ports below the ephemeral range, so that client connections never take a port a test is about to use.
+/// Each test binary starts at its own offset; each port is checked free before it is handed out.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ =
+        NEXT.compare_exchange(0, 20000 + (std::process::id() % 50) as u16 * 240, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(p < 32700, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+pub struct Opts {
+    pub instances: u32,
+    pub pool_size: usize,
+    pub keep_previous: bool,
+    pub deadline: &'static str,
+    /// Extra TOML appended to the config (whole sections).
+    pub extra: String,
+    /// Extra lines in nginx's http block.
+    pub http_extra: String,
+    /// Extra lines in the server block.
+    pub server_extra: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            instances: 1,
+            pool_size: 2,
+            keep_previous: false,
+            deadline: "15s",
+            extra: String::new(),
+            http_extra: String::new(),
+            server_extra: String::new(),
+        }
+    }
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub nginx_port: u16,
+    pub pool: Vec<u16>,
+    pub config: PathBuf,
+    pub opts: Opts,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env::with(Opts::default())
+    }
+
+    pub fn with(opts: Opts) -> Env {
+        let nginx = nginx_binary();
+        let dir = tempfile::Builder::new().prefix("cutover-test-").tempdir().unwrap();
+        let nginx_port = free_port();
+        let pool: Vec<u16> = (0..opts.pool_size).map(|_| free_port()).collect();
+        let d = dir.path().to_path_buf();
+        for sub in ["nginx/logs", "nginx/conf", "state", "flags"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let env = Env { config: d.join("cutover.toml"), dir, nginx_port, pool, opts };
+        std::fs::write(env.nginx_conf(), env.nginx_conf_text()).unwrap();
+        std::fs::write(&env.config, env.default_config()).unwrap();
+        let out = env.cutover().arg("render").output().unwrap();
+        assert!(out.status.success(), "render failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(env.upstream_path(), &out.stdout).unwrap();
+        let st = Command::new(&nginx)
+            .arg("-p")
+            .arg(format!("{}/", d.join("nginx").display()))
+            .args(["-c", "conf/nginx.conf"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "could not start the test nginx");
+        wait_until(Duration::from_secs(5), || env.master_pid().is_some());
+        env
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn nginx_conf(&self) -> PathBuf {
+        self.path().join("nginx/conf/nginx.conf")
+    }
+
+    pub fn upstream_path(&self) -> PathBuf {
+        self.path().join("nginx/conf/shop.upstream.conf")
+    }
+
+    pub fn nginx_conf_text(&self) -> String {
+        format!(
+            "worker_processes 2;\npid logs/nginx.pid;\nerror_log logs/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n    access_log off;\n    include {upstream};\n{http_extra}\n\
+                 server {{\n        listen 127.0.0.1:{port};\n{server_extra}\n\
+                     location / {{ proxy_pass http://shop; }}\n    }}\n}}\n",
+            upstream = self.upstream_path().display(),
+            port = self.nginx_port,
+            http_extra = self.opts.http_extra,
+            server_extra = self.opts.server_extra,
+        )
+    }
+
+    /// The config every test starts from. Per-release fixture flags come from `flags/<release>` (see `flags`).
+    pub fn default_config(&self) -> String {
+        let pool: Vec<String> = self.pool.iter().map(|p| p.to_string()).collect();
+        format!(
+            r#"[app]
+name = "shop"
+start = "exec python3 {fixture} --port {{{{port}}}} --release {{{{release}}}} $(cat {flags}/{{{{release}}}} 2>/dev/null)"
+stop_timeout = "5s"
+
+[ports]
+pool = [{pool}]
+
+[health]
+interval = "50ms"
+deadline = "{deadline}"
+
+[nginx]
+upstream_file = "nginx/conf/shop.upstream.conf"
+prefix = "nginx"
+conf = "conf/nginx.conf"
+
+[deploy]
+instances = {instances}
+drain_timeout = "10s"
+keep_previous = {keep}
+state_dir = "state"
+{extra}"#,
+            fixture = FIXTURE,
+            flags = self.path().join("flags").display(),
+            pool = pool.join(", "),
+            deadline = self.opts.deadline,
+            instances = self.opts.instances,
+            keep = self.opts.keep_previous,
+            extra = self.opts.extra,
+        )
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Make release `release` start with these fixture flags (e.g. `--fail-health`).
+    pub fn flags(&self, release: &str, flags: &str) {
+        std::fs::write(self.path().join("flags").join(release), flags).unwrap();
+    }
+
+    /// The real binary, with this env's config and nothing from the caller's environment that could leak in.
+    pub fn cutover(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        c.env_remove("CUTOVER_CONFIG").arg("-c").arg(&self.config);
+        c
+    }
+
+    /// Run cutover with `args`; returns (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.cutover().args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Run and insist on exit 0.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "cutover {args:?} exited {code}\nstdout:\n{out}\nstderr:\n{err}");
+        out
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{out}"))
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.nginx_port, path, Duration::from_secs(10))
+    }
+
+    /// The release nginx serves now (asserts a 200).
+    pub fn serving(&self) -> String {
+        let (status, body) = self.get("/").unwrap();
+        assert_eq!(status, 200, "{body}");
+        release_of(&body)
+    }
+
+    pub fn state(&self) -> Value {
+        let text = std::fs::read_to_string(self.path().join("state/shop/state.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub fn upstream(&self) -> String {
+        std::fs::read_to_string(self.upstream_path()).unwrap()
+    }
+
+    pub fn master_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.path().join("nginx/logs/nginx.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Every app pid that state knows about (live, canary, previous, unfinished).
+    pub fn app_pids(&self) -> Vec<i32> {
+        let Ok(text) = std::fs::read_to_string(self.path().join("state/shop/state.json")) else { return vec![] };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else { return vec![] };
+        let mut pids = Vec::new();
+        let mut collect = |d: &Value| {
+            for i in d["instances"].as_array().into_iter().flatten() {
+                if let Some(p) = i["pid"].as_i64() {
+                    pids.push(p as i32);
+                }
+            }
+        };
+        collect(&v["live"]);
+        collect(&v["previous"]);
+        collect(&v["canary"]["deployment"]);
+        for i in v["in_progress"]["started"].as_array().into_iter().flatten() {
+            if let Some(p) = i["pid"].as_i64() {
+                pids.push(p as i32);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for pid in self.app_pids() {
+            signal_group(pid, 9);
+        }
+        if let Some(pid) = self.master_pid() {
+            send_signal(pid, 3);
+            wait_until(Duration::from_secs(5), || !pid_alive(pid));
+        }
+    }
+}
+
+fn signal_group(pid: i32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg("--").arg(format!("-{pid}")).status();
+}
+
+fn send_signal(pid: i32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    send_signal(pid, sig)
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+            state != "Z"
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// One HTTP/1.0 request (`Connection: close`), status and body.
+pub fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    http_request(port, &format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"), timeout)
+}
+
+pub fn http_request(port: u16, raw: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(raw.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status =
+        text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no status line in {text:?}"))
+        })?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The release named in a fixture response body.
+pub fn release_of(body: &str) -> String {
+    let v: Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not a fixture answer ({e}): {body}"));
+    v["release"].as_str().unwrap().to_string()
+}
+
+/// Files in a directory, by name.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
