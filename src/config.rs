@@ -183,7 +183,6 @@ impl Default for Deploy {
     }
 }
 
-#[allow(dead_code)] // read by the canary strategy, which lands next
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Canary {
@@ -655,7 +654,6 @@ impl fmt::Display for HeaderName {
     }
 }
 
-#[allow(dead_code)]
 impl HeaderName {
     /// The nginx variable for this header: `X-Canary` → `$http_x_canary`.
     pub fn nginx_var(&self) -> String {
@@ -799,6 +797,14 @@ impl Config {
             }
         });
         base.join(self.app.name.as_str())
+    }
+
+    /// The JSON access log canary analysis reads: `canary.access_log`, else `/var/log/nginx/<app>.cutover.log`.
+    pub fn access_log(&self) -> PathBuf {
+        self.canary
+            .access_log
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/var/log/nginx/{}.cutover.log", self.app.name)))
     }
 
     pub fn template_text(&self) -> Result<Option<String>> {

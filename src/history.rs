@@ -10,12 +10,14 @@ pub struct Record<'a> {
     pub release: &'a str,
     pub from: Option<String>,
     pub strategy: Option<String>,
+    /// The outcome recorded on success: "ok", or e.g. "canary-started" when a manual canary waits for promote.
+    pub ok: &'a str,
 }
 
 /// Append the event for `result`; a failure to write history is a warning, never a changed outcome.
 pub fn record<T>(store: &Store, rec: Record, result: &anyhow::Result<T>, progress: &Progress) {
     let (outcome, code, message) = match result {
-        Ok(_) => ("ok".to_string(), exit::OK, None),
+        Ok(_) => (rec.ok.to_string(), exit::OK, None),
         Err(e) => {
             let code = exit::code_of(e);
             let outcome = match code {

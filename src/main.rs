@@ -2,6 +2,8 @@
 //!
 //! `main` only parses, runs and maps the outcome to an exit code; everything else lives in `cmd/`.
 
+mod analysis;
+mod canary;
 mod cli;
 mod cmd;
 mod config;

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 
 use crate::config::Config;
-use crate::render::{CanaryView, Server, View};
+use crate::config::Sticky;
+use crate::render::{CanaryView, Routing, Server, Split, View};
 use crate::state::{Deployment, State};
 
 /// Per-server weights that give the canary's `n_canary` servers together `pct` percent of requests and the
@@ -53,14 +54,68 @@ pub fn view(config: &Config, generation: u64, live: Option<&Deployment>, canary:
         let port = config.pool()[0];
         servers.push(Server { down: true, ..server(config, "nothing deployed", port, 1) });
     }
+    let app = config.app.name.to_string();
     View {
-        app: config.app.name.to_string(),
-        upstream: config.app.name.to_string(),
+        log_format: format!("cutover_{app}"),
+        routing: routing(config, live, canary),
+        app: app.clone(),
+        upstream: app,
         generation,
         live_release: live.map(|d| d.release.clone()),
         canary: canary.map(|(c, pct)| CanaryView { release: c.release.clone(), weight: pct }),
         servers,
     }
+}
+
+/// The nginx variable prefix for an app: nginx variable names stop at `-`, so it becomes `_`.
+pub fn var_prefix(config: &Config) -> String {
+    format!("cutover_{}", config.app.name.as_str().replace('-', "_"))
+}
+
+/// The routing variable when `canary.sticky` or `canary.header` asks for it (see [`Routing`]).
+///
+/// Without a canary the variable names the app's upstream. With one, a sticky split hashes the key with
+/// `split_clients`, whose ranges grow from the start of the hash space, so a user on the canary at 10 % stays on
+/// it at 50 %; without sticky, ordinary traffic goes to the weighted upstream. The header overrides both.
+fn routing(config: &Config, live: Option<&Deployment>, canary: Option<(&Deployment, u8)>) -> Option<Routing> {
+    let c = &config.canary;
+    if c.sticky.is_none() && c.header.is_none() {
+        return None;
+    }
+    let app = config.app.name.as_str();
+    let (key, key_cookie) = match &c.sticky {
+        Some(Sticky::Ip) => (Some("$remote_addr".to_string()), None),
+        Some(Sticky::Cookie(name)) => (Some(format!("${}_key", var_prefix(config))), Some(name.clone())),
+        None => (None, None),
+    };
+    let mut r = Routing {
+        var: format!("{}_upstream", var_prefix(config)),
+        stable: None,
+        canary: None,
+        stable_servers: Vec::new(),
+        canary_servers: Vec::new(),
+        key,
+        key_cookie,
+        split: Vec::new(),
+        header_var: c.header.as_ref().map(|h| h.nginx_var()),
+    };
+    if let (Some(live), Some((cd, pct))) = (live, canary) {
+        let stable = format!("{app}_stable");
+        let canary_up = format!("{app}_canary");
+        r.stable_servers = live.instances.iter().map(|i| server(config, &live.release, i.port, 1)).collect();
+        r.canary_servers = cd.instances.iter().map(|i| server(config, &cd.release, i.port, 1)).collect();
+        if r.key.is_some() {
+            let split = |share: &str, upstream: &str| Split { share: share.into(), upstream: upstream.into() };
+            r.split = match pct {
+                0 => vec![split("*", &stable)],
+                100.. => vec![split("*", &canary_up)],
+                p => vec![split(&format!("{p}%"), &canary_up), split("*", &stable)],
+            };
+        }
+        r.stable = Some(stable);
+        r.canary = Some(canary_up);
+    }
+    Some(r)
 }
 
 /// The view for what `state` says is live.

@@ -27,16 +27,47 @@ pub struct CanaryView {
     pub weight: u8,
 }
 
+/// One line of a `split_clients` block: a share (`10%`, or `*` for the rest) and the upstream it goes to.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Split {
+    pub share: String,
+    pub upstream: String,
+}
+
+/// Routing by a variable, for a sticky canary (`canary.sticky`) or the tester header (`canary.header`). The
+/// site proxies to `http://$<var>`; nginx resolves the value to one of the upstreams defined here.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Routing {
+    /// The variable the site proxies to, without `$`: `cutover_shop_upstream`.
+    pub var: String,
+    /// Set while a canary runs: the two sides as upstreams of their own.
+    pub stable: Option<String>,
+    pub canary: Option<String>,
+    pub stable_servers: Vec<Server>,
+    pub canary_servers: Vec<Server>,
+    /// `split_clients` key (`$cookie_NAME`, `$remote_addr`) when sticky.
+    pub key: Option<String>,
+    /// The cookie's name when the key is a cookie: requests without it get a per-request random key.
+    pub key_cookie: Option<String>,
+    /// The `split_clients` lines when sticky and a canary runs.
+    pub split: Vec<Split>,
+    /// `$http_x_canary` when `canary.header` is set: any non-empty value goes to the canary.
+    pub header_var: Option<String>,
+}
+
 /// Everything the template sees.
 #[derive(Debug, Clone, Serialize)]
 pub struct View {
     pub app: String,
     /// The upstream's name: the app name.
     pub upstream: String,
+    /// The name of the JSON access-log format the site writes for canary analysis: `cutover_<app>`.
+    pub log_format: String,
     pub generation: u64,
     pub live_release: Option<String>,
     pub canary: Option<CanaryView>,
     pub servers: Vec<Server>,
+    pub routing: Option<Routing>,
 }
 
 pub fn render(template: Option<&str>, view: &View) -> Result<String> {
@@ -82,15 +113,24 @@ mod tests {
         let view = View {
             app: "shop".into(),
             upstream: "shop".into(),
+            log_format: "cutover_shop".into(),
             generation: 7,
             live_release: Some("v2".into()),
             canary: None,
             servers: vec![server(8082, "v2", 1), server(8083, "v2", 1)],
+            routing: None,
         };
         assert_eq!(
             render(None, &view).unwrap(),
             "# Managed by cutover: rewritten on every deploy and rollback; edits here are reported as drift.\n\
              # app shop | generation 7 | live v2\n\
+             \n\
+             # One JSON line per request, read by cutover's canary analysis. The site writes it with\n\
+             # `access_log PATH cutover_shop;` (the path is canary.access_log).\n\
+             log_format cutover_shop escape=json '{\"msec\":\"$msec\",\"upstream\":\"$upstream_addr\",\
+             \"status\":\"$status\",\"upstream_status\":\"$upstream_status\",\
+             \"upstream_time\":\"$upstream_response_time\",\"request_time\":\"$request_time\"}';\n\
+             \n\
              upstream shop {\n    \
              # A shared zone keeps one balancer state (and so exact weights) across all nginx workers.\n    \
              zone shop 64k;\n    \
@@ -105,10 +145,12 @@ mod tests {
         let mut view = View {
             app: "shop".into(),
             upstream: "shop".into(),
+            log_format: "cutover_shop".into(),
             generation: 1,
             live_release: Some("v1".into()),
             canary: Some(CanaryView { release: "v2".into(), weight: 10 }),
             servers: vec![server(8081, "v1", 9), server(8082, "v2", 1)],
+            routing: None,
         };
         view.servers[1].down = true;
         let text = render(None, &view).unwrap();
@@ -122,10 +164,12 @@ mod tests {
         let view = View {
             app: "a".into(),
             upstream: "a".into(),
+            log_format: "cutover_a".into(),
             generation: 0,
             live_release: None,
             canary: None,
             servers: vec![],
+            routing: None,
         };
         let e = render(Some("{{ nope }}"), &view).unwrap_err();
         assert!(format!("{e:#}").contains("nope"), "{e:#}");

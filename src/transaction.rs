@@ -131,7 +131,8 @@ pub struct Outcome {
     pub upstream: String,
     pub drained: bool,
     /// When cutover saw the last new instance pass its health check (Unix ms), for measuring detection lag.
-    pub healthy_unix_ms: u64,
+    /// `None` when the switch started no instance of its own (a canary promoted later).
+    pub healthy_unix_ms: Option<u64>,
     /// From that moment until traffic was fully on the new release and the old nginx workers were gone.
     pub switch_ms: u64,
 }
@@ -151,7 +152,7 @@ pub struct Plan {
     pub upstream_before: Option<String>,
     pub upstream_after: String,
     #[serde(skip)]
-    master: Option<Master>,
+    pub master: Option<Master>,
 }
 
 /// Compare state with reality and say what differs. Never changes anything.
@@ -399,9 +400,8 @@ pub fn apply_upstream(
     }
 }
 
-/// Run the transaction for `target`. On error, everything this run changed has been undone.
-pub fn switch(ctx: &Ctx, state: &mut State, target: &Target, plan: Plan, progress: &mut Progress) -> Result<Outcome> {
-    let master = plan.master.clone().context("nginx master unknown")?;
+/// The `CUTOVER_*` variables hooks see.
+pub fn hook_env(state: &State, target: &Target, plan: &Plan) -> BTreeMap<&'static str, String> {
     let previous_release = state.live.as_ref().map(|d| d.release.clone()).unwrap_or_default();
     let mut env: BTreeMap<&str, String> = BTreeMap::new();
     env.insert("CUTOVER_RELEASE", target.release.to_string());
@@ -412,37 +412,85 @@ pub fn switch(ctx: &Ctx, state: &mut State, target: &Target, plan: Plan, progres
         "CUTOVER_PORTS",
         plan.reuse_ports.iter().chain(&plan.new_ports).map(|p| p.to_string()).collect::<Vec<_>>().join(","),
     );
+    env
+}
 
+/// Record the operation in state before its first side effect, so a killed run can be cleaned up after.
+pub fn begin_op(
+    ctx: &Ctx,
+    state: &mut State,
+    kind: &str,
+    release: &str,
+    upstream_before: Option<String>,
+) -> Result<()> {
     state.in_progress = Some(Operation {
-        kind: target.kind.into(),
-        release: target.release.to_string(),
+        kind: kind.into(),
+        release: release.into(),
         pid: std::process::id(),
         started_at: util::now_rfc3339(),
         started: Vec::new(),
-        upstream_before: plan.upstream_before.clone(),
+        upstream_before,
         upstream_touched: false,
     });
-    ctx.store.save(state)?;
+    ctx.store.save(state)
+}
 
+/// Run the `on_failure` hook for a failed operation; its own failure is only a warning.
+pub fn on_failure(ctx: &Ctx, env: &mut BTreeMap<&'static str, String>, e: &anyhow::Error, progress: &Progress) {
+    env.insert("CUTOVER_ERROR", format!("{e:#}"));
+    if let Err(h) = ctx.hook("on_failure", env, progress) {
+        progress.warn(format!("{h:#}"));
+    }
+}
+
+/// Run the transaction for `target`. On error, everything this run changed has been undone.
+pub fn switch(ctx: &Ctx, state: &mut State, target: &Target, plan: Plan, progress: &mut Progress) -> Result<Outcome> {
+    let master = plan.master.clone().context("nginx master unknown")?;
+    let mut env = hook_env(state, target, &plan);
+    begin_op(ctx, state, target.kind, target.release.as_str(), plan.upstream_before.clone())?;
     let result = run_steps(ctx, state, target, &plan, &master, &env, progress);
     if let Err(e) = &result {
-        env.insert("CUTOVER_ERROR", format!("{e:#}"));
-        if let Err(h) = ctx.hook("on_failure", &env, progress) {
-            progress.warn(format!("{h:#}"));
-        }
+        on_failure(ctx, &mut env, e, progress);
     }
     result
 }
 
-fn run_steps(
+/// New instances that started and passed their health check, not yet receiving traffic.
+pub struct Launched {
+    started: Vec<Started>,
+    pub healthy_at: Instant,
+    pub healthy_unix_ms: u64,
+}
+
+impl Launched {
+    pub fn instances(&self) -> Vec<Instance> {
+        self.started.iter().map(|s| s.instance.clone()).collect()
+    }
+
+    /// Undo: stop them (a later step failed).
+    pub fn stop(&mut self, ctx: &Ctx, progress: &mut Progress) {
+        stop_started(ctx, &mut self.started, progress);
+    }
+
+    /// They now belong to state: reap what has exited and let the rest run on after cutover exits.
+    pub fn release(self) {
+        for mut s in self.started {
+            let _ = s.child.try_wait();
+        }
+    }
+}
+
+/// Steps 4–5: free reclaimed ports, start the new instances detached, health-check them all at once.
+/// On failure everything this did is undone, `in_progress` is cleared, and the error says why (exit 3 for
+/// health).
+pub fn launch(
     ctx: &Ctx,
     state: &mut State,
     target: &Target,
     plan: &Plan,
-    master: &Master,
     env: &BTreeMap<&str, String>,
     progress: &mut Progress,
-) -> Result<Outcome> {
+) -> Result<Launched> {
     let config = &ctx.config;
     let clear = |state: &mut State| -> Result<()> {
         state.in_progress = None;
@@ -560,53 +608,35 @@ fn run_steps(
         clear(state)?;
         return Err(Failure::error(UNHEALTHY, format!("{e:#}; nginx and traffic untouched")));
     }
+    Ok(Launched { started, healthy_at, healthy_unix_ms })
+}
 
-    // 6–8. Render (done in the plan), write, validate, reload, confirm.
-    if let Some(op) = &mut state.in_progress {
-        op.upstream_touched = true;
-    }
-    ctx.store.save(state)?;
-    let old_workers = match apply_upstream(ctx, master, plan.upstream_before.as_deref(), &plan.upstream_after, progress)
-    {
-        Ok(w) => w,
-        Err(e) => {
-            stop_started(ctx, &mut started, progress);
-            clear(state)?;
-            return Err(e);
-        }
-    };
-
-    // From here the new release is live: record it before anything else can fail.
-    let now = util::now_rfc3339();
-    let new_live = Deployment {
-        release: target.release.to_string(),
-        instances: target.reuse.iter().cloned().chain(started.iter().map(|s| s.instance.clone())).collect(),
-        since: now,
-    };
-    let old_live = state.live.clone();
-    state.generation += 1;
-    state.upstream = Some(plan.upstream_after.clone());
-    state.live = Some(new_live.clone());
-    state.canary = None;
-    ctx.store.save(state)?;
-
-    // 9. Drain: the old workers keep sending requests to the old instances until they exit.
+/// Step 9: wait for the old nginx workers (they still send requests to what they knew), then stop `stop`.
+/// Returns whether the workers were gone in time, when the drain ended, and what was stopped.
+pub fn drain_and_stop(
+    ctx: &Ctx,
+    master: &Master,
+    old_workers: &[i32],
+    stop: &[Instance],
+    progress: &mut Progress,
+) -> (bool, Instant, Vec<Instance>) {
+    let config = &ctx.config;
     let t = Instant::now();
-    let drained = master.wait_gone(&old_workers, config.deploy.drain_timeout.0);
+    let drained = master.wait_gone(old_workers, config.deploy.drain_timeout.0);
     if drained {
         progress.step("drain", t.elapsed(), format!("{} old nginx worker(s) exited", old_workers.len()));
     } else {
         progress.step("drain", t.elapsed(), "old nginx workers still running");
         progress.warn(format!(
             "old nginx workers still run after deploy.drain_timeout {} (long requests or open connections); \
-             stopping the old release anyway",
+             stopping anyway",
             config.deploy.drain_timeout
         ));
     }
-    let switch_ms = util::ms(healthy_at.elapsed());
+    let drained_at = Instant::now();
     let t = Instant::now();
     let mut stopped = Vec::new();
-    for i in &plan.stop_after {
+    for i in stop {
         let how = proc::stop(i, config.app.stop_timeout.0);
         if how == proc::Stopped::Killed {
             progress.warn(format!("{} on port {} did not exit within app.stop_timeout; killed", i.release, i.port));
@@ -617,15 +647,13 @@ fn run_steps(
         let what: Vec<String> = stopped.iter().map(|i| format!("{} on {}", i.release, i.port)).collect();
         progress.step("stop", t.elapsed(), format!("stopped {}", what.join(", ")));
     }
-    if !plan.keep.is_empty() {
-        let what: Vec<String> = plan.keep.iter().map(|i| format!("{} on {}", i.release, i.port)).collect();
-        progress.note(format!("kept {} running idle for a fast rollback (deploy.keep_previous)", what.join(", ")));
-    }
+    (drained, drained_at, stopped)
+}
 
-    // 10. Commit.
-    // What was live becomes the previous release (its instances kept running or marked stopped); an older
-    // previous release is forgotten once its instances are stopped.
-    let previous = old_live.or(state.previous.take()).map(|mut d| {
+/// What was live becomes the previous release (its instances kept running or marked stopped); an older
+/// previous release is forgotten once its instances are stopped.
+pub fn demote(old_live: Option<Deployment>, older: Option<Deployment>) -> Option<Deployment> {
+    old_live.or(older).map(|mut d| {
         for i in &mut d.instances {
             if !proc::alive(i) {
                 i.pid = None;
@@ -633,7 +661,61 @@ fn run_steps(
             }
         }
         d
-    });
+    })
+}
+
+fn run_steps(
+    ctx: &Ctx,
+    state: &mut State,
+    target: &Target,
+    plan: &Plan,
+    master: &Master,
+    env: &BTreeMap<&str, String>,
+    progress: &mut Progress,
+) -> Result<Outcome> {
+    let mut launched = launch(ctx, state, target, plan, env, progress)?;
+    let (healthy_at, healthy_unix_ms) = (launched.healthy_at, launched.healthy_unix_ms);
+
+    // 6–8. Render (done in the plan), write, validate, reload, confirm.
+    if let Some(op) = &mut state.in_progress {
+        op.upstream_touched = true;
+    }
+    ctx.store.save(state)?;
+    let old_workers = match apply_upstream(ctx, master, plan.upstream_before.as_deref(), &plan.upstream_after, progress)
+    {
+        Ok(w) => w,
+        Err(e) => {
+            launched.stop(ctx, progress);
+            state.in_progress = None;
+            ctx.store.save(state)?;
+            return Err(e);
+        }
+    };
+
+    // From here the new release is live: record it before anything else can fail.
+    let now = util::now_rfc3339();
+    let new_live = Deployment {
+        release: target.release.to_string(),
+        instances: target.reuse.iter().cloned().chain(launched.instances()).collect(),
+        since: now,
+    };
+    let old_live = state.live.clone();
+    state.generation += 1;
+    state.upstream = Some(plan.upstream_after.clone());
+    state.live = Some(new_live.clone());
+    state.canary = None;
+    ctx.store.save(state)?;
+
+    // 9. Drain: the old workers keep sending requests to the old instances until they exit.
+    let (drained, drained_at, stopped) = drain_and_stop(ctx, master, &old_workers, &plan.stop_after, progress);
+    let switch_ms = util::ms(drained_at.duration_since(healthy_at));
+    if !plan.keep.is_empty() {
+        let what: Vec<String> = plan.keep.iter().map(|i| format!("{} on {}", i.release, i.port)).collect();
+        progress.note(format!("kept {} running idle for a fast rollback (deploy.keep_previous)", what.join(", ")));
+    }
+
+    // 10. Commit.
+    let previous = demote(old_live, state.previous.take());
     state.previous = previous;
     state.in_progress = None;
     ctx.store.save(state)?;
@@ -641,17 +723,14 @@ fn run_steps(
     if let Err(e) = ctx.hook(hook, env, progress) {
         progress.warn(format!("{e:#} (the {} itself succeeded)", target.kind));
     }
-    for mut s in started {
-        // The instances stay running; dropping the handle does not signal them. Reap nothing here.
-        let _ = s.child.try_wait();
-    }
+    launched.release();
     Ok(Outcome {
         live: new_live,
         previous: state.previous.clone(),
         stopped,
         upstream: plan.upstream_after.clone(),
         drained,
-        healthy_unix_ms,
+        healthy_unix_ms: Some(healthy_unix_ms),
         switch_ms,
     })
 }

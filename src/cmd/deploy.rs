@@ -18,9 +18,9 @@ pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
         Some(StrategyArg::Canary) => Strategy::Canary,
         None => ctx.config.deploy.strategy,
     };
-    if strategy != Strategy::BlueGreen {
+    if strategy == Strategy::Rolling {
         return Err(exit::usage(format!(
-            "strategy {strategy} is not available in this version of cutover; use blue-green"
+            "strategy {strategy} is not available in this version of cutover; use blue-green or canary"
         )));
     }
     let target = Target {
@@ -33,9 +33,15 @@ pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
     let mut progress = Progress::new();
     if args.dry_run {
         let state = ctx.store.load(ctx.config.app.name.as_str())?;
-        let plan = transaction::plan(ctx, &state, &target, false)?;
-        print_plan(ctx, &plan, json)?;
+        let mut plan = transaction::plan(ctx, &state, &target, false)?;
+        if strategy == Strategy::Canary && state.live.is_some() {
+            plan.upstream_after = super::canary::first_step_upstream(ctx, &state, &plan)?;
+        }
+        print_plan(ctx, &plan, strategy, json)?;
         return Ok(exit::OK);
+    }
+    if strategy == Strategy::Canary {
+        crate::canary::preflight(ctx)?;
     }
     let (_lock, mut state) = super::begin(ctx, args.lock.lock_wait, args.force, &progress)?;
     if let Some(c) = &state.canary {
@@ -48,6 +54,12 @@ pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
         ));
     }
     let from = state.live.as_ref().map(|d| d.release.clone());
+    if strategy == Strategy::Canary {
+        if from.is_some() {
+            return super::canary::deploy(ctx, &mut state, &target, &mut progress, json);
+        }
+        progress.note("nothing is live yet, so there is nothing to compare a canary with: deploying blue-green");
+    }
     progress.note(format!(
         "deploying {release} ({strategy}) for {}{}",
         ctx.config.app.name,
@@ -57,17 +69,31 @@ pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
         .and_then(|plan| transaction::switch(ctx, &mut state, &target, plan, &mut progress));
     history::record(
         &ctx.store,
-        Record { kind: "deploy", release: release.as_str(), from: from.clone(), strategy: Some(strategy.to_string()) },
+        Record {
+            kind: "deploy",
+            release: release.as_str(),
+            from: from.clone(),
+            strategy: Some(strategy.to_string()),
+            ok: "ok",
+        },
         &result,
         &progress,
     );
     let outcome = result?;
-    report(ctx, "deploy", &outcome, from, &progress, json)?;
+    report(ctx, "deploy", &strategy.to_string(), &outcome, from, &progress, json)?;
     Ok(exit::OK)
 }
 
 /// What is live now and how long each step took: text on stdout, or one JSON document.
-pub fn report(ctx: &Ctx, kind: &str, o: &Outcome, from: Option<String>, progress: &Progress, json: bool) -> Result<()> {
+pub fn report(
+    ctx: &Ctx,
+    kind: &str,
+    strategy: &str,
+    o: &Outcome,
+    from: Option<String>,
+    progress: &Progress,
+    json: bool,
+) -> Result<()> {
     if json {
         return super::print_json(&json!({
             "ok": true,
@@ -79,6 +105,7 @@ pub fn report(ctx: &Ctx, kind: &str, o: &Outcome, from: Option<String>, progress
             "previous": o.previous,
             "stopped": o.stopped,
             "drained": o.drained,
+            "strategy": strategy,
             "healthy_unix_ms": o.healthy_unix_ms,
             "switch_ms": o.switch_ms,
             "steps": progress.steps,
@@ -95,7 +122,7 @@ pub fn report(ctx: &Ctx, kind: &str, o: &Outcome, from: Option<String>, progress
     Ok(())
 }
 
-fn print_plan(ctx: &Ctx, plan: &Plan, json: bool) -> Result<()> {
+fn print_plan(ctx: &Ctx, plan: &Plan, strategy: Strategy, json: bool) -> Result<()> {
     let path = ctx.config.nginx.upstream_file.display().to_string();
     let before = plan.upstream_before.clone().unwrap_or_default();
     let diff = render::diff(&before, &plan.upstream_after, &path);
@@ -120,6 +147,20 @@ fn print_plan(ctx: &Ctx, plan: &Plan, json: bool) -> Result<()> {
     for p in &plan.reuse_ports {
         println!("  switch to {} already running on port {p}", plan.release);
     }
+    if strategy == Strategy::Canary {
+        let c = &c.canary;
+        let steps: Vec<String> = c.steps.iter().map(|p| format!("{}%", p.0)).collect();
+        println!(
+            "  canary steps {} ({}), each written, nginx -t, reloaded and confirmed, held {} with analysis \
+             (max_error_rate {}, min_requests {})",
+            steps.join(" -> "),
+            crate::canary::describe_split(ctx),
+            c.interval,
+            c.max_error_rate.0,
+            c.min_requests
+        );
+        println!("  at 100%:");
+    }
     println!("  write {path}, nginx -t, reload nginx and confirm new workers");
     println!("  wait for the old nginx workers to exit (up to {})", c.deploy.drain_timeout);
     for i in &plan.stop_after {
@@ -127,6 +168,9 @@ fn print_plan(ctx: &Ctx, plan: &Plan, json: bool) -> Result<()> {
     }
     for i in &plan.keep {
         println!("  keep {} on port {} running idle for rollback", i.release, i.port);
+    }
+    if strategy == Strategy::Canary {
+        println!("first step's upstream diff:");
     }
     if diff.is_empty() {
         println!("upstream file unchanged");

@@ -1,5 +1,6 @@
 //! One module per subcommand, dispatched from one `match`.
 
+mod canary;
 mod check;
 mod deploy;
 mod history;
@@ -34,10 +35,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rollback(args) => rollback::run(&load()?, args, json),
         Command::Render(args) => render::run(&load()?, args, json),
         Command::History(args) => history::run(&load()?, args, json),
-        Command::Promote(_) | Command::Abort(_) | Command::Canary(_) => {
-            let _ = load()?;
-            Err(exit::usage("no canary is running for this app (start one with `cutover deploy --strategy canary`)"))
-        }
+        Command::Promote(args) => canary::promote(&load()?, args, json),
+        Command::Abort(args) => canary::abort(&load()?, args, json),
+        Command::Canary(args) => canary::run(&load()?, args, json),
     }
 }
 

@@ -16,6 +16,15 @@ pub fn run(ctx: &Ctx, args: RollbackArgs, json: bool) -> Result<i32> {
     let to: Option<Release> = args.to.as_deref().map(str::parse).transpose().map_err(exit::usage)?;
     let mut progress = Progress::new();
     let (_lock, mut state) = super::begin(ctx, args.lock.lock_wait, args.force, &progress)?;
+    if state.canary.is_some() {
+        if to.is_some() {
+            return Err(exit::usage(
+                "a canary is running: `cutover rollback` aborts it; --to applies once it has ended",
+            ));
+        }
+        progress.note("a canary is running: rolling back means aborting it");
+        return super::canary::abort_cmd(ctx, &mut state, &mut progress, "rollback", json);
+    }
     let Some(live) = state.live.clone() else {
         return Err(Failure::error(exit::UNEXPECTED, "nothing is deployed, so there is nothing to roll back"));
     };
@@ -61,11 +70,17 @@ pub fn run(ctx: &Ctx, args: RollbackArgs, json: bool) -> Result<i32> {
         .and_then(|plan| transaction::switch(ctx, &mut state, &target, plan, &mut progress));
     history::record(
         &ctx.store,
-        Record { kind: "rollback", release: release.as_str(), from: Some(live.release.clone()), strategy: None },
+        Record {
+            kind: "rollback",
+            release: release.as_str(),
+            from: Some(live.release.clone()),
+            strategy: None,
+            ok: "ok",
+        },
         &result,
         &progress,
     );
     let outcome = result?;
-    super::deploy::report(ctx, "rollback", &outcome, Some(live.release), &progress, json)?;
+    super::deploy::report(ctx, "rollback", "blue-green", &outcome, Some(live.release), &progress, json)?;
     Ok(exit::OK)
 }

@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -57,6 +57,10 @@ pub struct Opts {
     pub http_extra: String,
     /// Extra lines in the server block.
     pub server_extra: String,
+    /// Where the site proxies to.
+    pub proxy_pass: String,
+    /// Write the JSON access log that canary analysis reads (`Env::access_log`).
+    pub access_log: bool,
 }
 
 impl Default for Opts {
@@ -69,6 +73,8 @@ impl Default for Opts {
             extra: String::new(),
             http_extra: String::new(),
             server_extra: String::new(),
+            proxy_pass: "http://shop".into(),
+            access_log: false,
         }
     }
 }
@@ -120,6 +126,10 @@ impl Env {
         self.path().join("nginx/conf/nginx.conf")
     }
 
+    pub fn access_log(&self) -> PathBuf {
+        self.path().join("nginx/logs/shop.cutover.log")
+    }
+
     pub fn upstream_path(&self) -> PathBuf {
         self.path().join("nginx/conf/shop.upstream.conf")
     }
@@ -129,9 +139,15 @@ impl Env {
             "worker_processes 2;\npid logs/nginx.pid;\nerror_log logs/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n    access_log off;\n    include {upstream};\n{http_extra}\n\
-                 server {{\n        listen 127.0.0.1:{port};\n{server_extra}\n\
-                     location / {{ proxy_pass http://shop; }}\n    }}\n}}\n",
+                 server {{\n        listen 127.0.0.1:{port};\n{access_log}{server_extra}\n\
+                     location / {{ proxy_pass {proxy_pass}; }}\n    }}\n}}\n",
             upstream = self.upstream_path().display(),
+            access_log = if self.opts.access_log {
+                format!("        access_log {} cutover_shop;\n", self.access_log().display())
+            } else {
+                String::new()
+            },
+            proxy_pass = self.opts.proxy_pass,
             port = self.nginx_port,
             http_extra = self.opts.http_extra,
             server_extra = self.opts.server_extra,
@@ -340,4 +356,45 @@ pub fn names_in(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
+}
+
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub requests: u64,
+    pub non_2xx: Vec<String>,
+    pub errors: Vec<String>,
+    pub releases: std::collections::BTreeMap<String, u64>,
+}
+
+/// Run `clients` threads sending `Connection: close` GETs through nginx until `stop` is set, or until the
+/// bounds (`max_requests` in all, 180 s) are reached.
+pub fn load(
+    port: u16,
+    clients: usize,
+    max_requests: u64,
+    stop: Arc<AtomicBool>,
+) -> (Vec<std::thread::JoinHandle<()>>, Arc<Mutex<Tally>>) {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let handles = (0..clients)
+        .map(|_| {
+            let (tally, stop) = (tally.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(180) {
+                    let result = http_get(port, "/", Duration::from_secs(10));
+                    let mut t = tally.lock().unwrap();
+                    if t.requests >= max_requests {
+                        break;
+                    }
+                    t.requests += 1;
+                    match result {
+                        Ok((200, body)) => *t.releases.entry(release_of(&body)).or_default() += 1,
+                        Ok((status, body)) => t.non_2xx.push(format!("{status}: {}", body.trim())),
+                        Err(e) => t.errors.push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    (handles, tally)
 }

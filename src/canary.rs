@@ -1,0 +1,395 @@
+//! The canary strategy (DESIGN.md "Strategies"): start the new release beside the live one, give it the
+//! shares in `canary.steps` one reload at a time, hold each step for `canary.interval` while reading nginx's
+//! access log, and either promote it (at 100 % it becomes the live release and the stable one is drained and
+//! stopped as in a blue/green flip) or abort (weight 0, drained, stopped, exit 6).
+//!
+//! Between steps the canary is recorded in `state.canary`, so a manual canary (`canary.interval = "manual"`)
+//! or one whose `cutover deploy` was killed can be driven later with `promote`, `abort` and `canary set`.
+//! Every weight change is one [`transaction::apply_upstream`]: validated, reloaded and confirmed, and on
+//! failure the previous step's upstream is put back.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::analysis::{self, Cursor, Tally};
+use crate::config::{Interval, Sticky};
+use crate::exit::{self, Failure};
+use crate::nginx::Master;
+use crate::plan;
+use crate::proc;
+use crate::progress::Progress;
+use crate::state::{CanaryState, Deployment, Instance, State};
+use crate::transaction::{self, Ctx, Outcome, Plan, Target};
+use crate::util;
+
+/// How a canary run ended without an error.
+pub enum End {
+    /// Manual interval: the canary runs at its current step and waits for `promote`, `abort` or `canary set`.
+    Paused,
+    /// Every step passed: the canary is the live release now.
+    Promoted(Box<Outcome>),
+}
+
+/// Checks that need nginx's config, made before anything starts: a sticky split or a tester header only
+/// work when the site proxies to the routing variable, and automatic steps need the access log.
+pub fn preflight(ctx: &Ctx) -> Result<()> {
+    let c = &ctx.config.canary;
+    let needs_routing = c.sticky.is_some() || c.header.is_some();
+    let needs_log = c.interval != Interval::Manual;
+    if !needs_routing && !needs_log {
+        return Ok(());
+    }
+    let dump = ctx.nginx.dump().context("could not read nginx's config to check the canary setup")?;
+    if needs_routing {
+        let var = format!("${}_upstream", plan::var_prefix(&ctx.config));
+        let used = dump.lines().any(|l| {
+            let code = l.split('#').next().unwrap_or("");
+            code.find("proxy_pass").is_some_and(|at| code[at..].contains(&var))
+        });
+        if !used {
+            return Err(exit::usage(format!(
+                "canary.{} needs the site to route by cutover's variable, but no proxy_pass in nginx's config uses \
+                 {var}; write `proxy_pass http://{var};` in the site's location (the upstream file defines it)",
+                if c.sticky.is_some() { "sticky" } else { "header" }
+            )));
+        }
+    }
+    if needs_log {
+        let path = ctx.config.access_log();
+        let format = format!("cutover_{}", ctx.config.app.name);
+        let written = dump.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("access_log") && l.split_whitespace().any(|w| w.trim_end_matches(';') == format)
+        });
+        if !written || !path.exists() {
+            return Err(exit::usage(format!(
+                "canary analysis reads {} in the {format} format, but {}; add `access_log {} {format};` to the \
+                 site's server block and reload nginx (or set canary.access_log, or canary.interval = \"manual\")",
+                path.display(),
+                if written { "that file does not exist" } else { "no access_log in nginx's config writes that format" },
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `cutover deploy --strategy canary`: start and health-check the canary, apply the first step, then (unless
+/// the interval is manual) hold, analyse and step on to 100 %.
+pub fn deploy(ctx: &Ctx, state: &mut State, target: &Target, plan: Plan, progress: &mut Progress) -> Result<End> {
+    let master = plan.master.clone().context("nginx master unknown")?;
+    let mut env = transaction::hook_env(state, target, &plan);
+    transaction::begin_op(ctx, state, target.kind, target.release.as_str(), plan.upstream_before.clone())?;
+    let mut result = start(ctx, state, target, &plan, &master, &env, progress);
+    if result.is_ok() && ctx.config.canary.interval != Interval::Manual {
+        result = drive(ctx, state, progress).map(Some);
+    }
+    if let Err(e) = &result {
+        transaction::on_failure(ctx, &mut env, e, progress);
+    }
+    match result? {
+        Some(outcome) => {
+            if let Err(e) = ctx.hook("after_switch", &env, progress) {
+                progress.warn(format!("{e:#} (the deploy itself succeeded)"));
+            }
+            Ok(End::Promoted(Box::new(outcome)))
+        }
+        None => Ok(End::Paused),
+    }
+}
+
+/// Start, health-check, and put the canary at its first step. On failure nothing is left behind.
+fn start(
+    ctx: &Ctx,
+    state: &mut State,
+    target: &Target,
+    plan: &Plan,
+    master: &Master,
+    env: &BTreeMap<&str, String>,
+    progress: &mut Progress,
+) -> Result<Option<Outcome>> {
+    let config = &ctx.config;
+    let mut launched = transaction::launch(ctx, state, target, plan, env, progress)?;
+    let live = state.live.clone().context("a canary needs a live release")?;
+    let deployment =
+        Deployment { release: target.release.to_string(), instances: launched.instances(), since: util::now_rfc3339() };
+    let steps: Vec<u8> = config.canary.steps.iter().map(|p| p.0).collect();
+    let first = steps[0];
+    let text = ctx.render(&plan::view(config, state.generation + 1, Some(&live), Some((&deployment, first))))?;
+    if let Some(op) = &mut state.in_progress {
+        op.upstream_touched = true;
+    }
+    ctx.store.save(state)?;
+    let old_workers = match transaction::apply_upstream(ctx, master, plan.upstream_before.as_deref(), &text, progress) {
+        Ok(w) => w,
+        Err(e) => {
+            launched.stop(ctx, progress);
+            state.in_progress = None;
+            ctx.store.save(state)?;
+            return Err(e);
+        }
+    };
+    settle(ctx, master, &old_workers, progress);
+    state.generation += 1;
+    state.upstream = Some(text);
+    state.canary = Some(CanaryState { deployment, weight: first, steps, step: Some(0) });
+    state.in_progress = None;
+    ctx.store.save(state)?;
+    launched.release();
+    progress.note(format!("canary {} gets {first}% of traffic, {} {}%", target.release, live.release, 100 - first));
+    Ok(None)
+}
+
+/// Hold the current step, analyse, move on; at the end promote. Aborts (exit 6) when analysis fails or the
+/// canary dies.
+pub fn drive(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<Outcome> {
+    let Interval::Every(interval) = ctx.config.canary.interval else {
+        anyhow::bail!("drive needs an automatic canary.interval");
+    };
+    loop {
+        let c = state.canary.clone().context("no canary is running")?;
+        if let Some(reason) = hold(ctx, state, interval.0, progress)? {
+            return Err(abort_for(ctx, state, &reason, progress));
+        }
+        let next =
+            c.step.map(|s| s + 1).unwrap_or_else(|| c.steps.iter().position(|&s| s > c.weight).unwrap_or(usize::MAX));
+        match c.steps.get(next) {
+            Some(&pct) if pct < 100 => set_weight(ctx, state, pct, Some(next), progress)?,
+            _ => return finish(ctx, state, progress),
+        }
+    }
+}
+
+/// Abort the canary because `reason`, and turn that into the exit-6 error (or the abort's own failure).
+fn abort_for(ctx: &Ctx, state: &mut State, reason: &str, progress: &mut Progress) -> anyhow::Error {
+    let c = state.canary.clone();
+    let stable = state.live.as_ref().map(|d| d.release.clone()).unwrap_or_default();
+    progress.warn(format!("aborting the canary: {reason}"));
+    match abort(ctx, state, progress) {
+        Ok(_) => Failure::error(
+            exit::CANARY_ABORTED,
+            format!(
+                "canary {} aborted: {reason}; all traffic is back on {stable} and the canary is stopped",
+                c.map(|c| c.deployment.release).unwrap_or_default()
+            ),
+        ),
+        Err(e) => e.context(format!("could not abort the canary after: {reason}")),
+    }
+}
+
+/// One hold: watch the access log and the canary's processes for `duration`. `Some(reason)` means abort.
+fn hold(ctx: &Ctx, state: &State, duration: Duration, progress: &mut Progress) -> Result<Option<String>> {
+    let config = &ctx.config;
+    let c = state.canary.as_ref().context("no canary is running")?;
+    let live = state.live.as_ref().context("no stable release is live")?;
+    let addrs = |d: &Deployment| -> HashSet<String> {
+        d.instances.iter().map(|i| config.ports.bind.with_port(i.port)).collect()
+    };
+    let (canary_addrs, stable_addrs) = (addrs(&c.deployment), addrs(live));
+    let path = config.access_log();
+    let mut cursor = Cursor::at_end(&path)?;
+    let mut tally = Tally::default();
+    let t = Instant::now();
+    loop {
+        if let Some(dead) = c.deployment.instances.iter().find(|i| !proc::alive(i)) {
+            return Ok(Some(format!(
+                "canary {} on port {} (pid {}) exited during the hold",
+                dead.release,
+                dead.port,
+                dead.pid.unwrap_or(0)
+            )));
+        }
+        tally.add(&cursor.read_lines()?, &canary_addrs, &stable_addrs);
+        if let Some(why) = analysis::judge(&tally, &config.canary) {
+            progress.step("hold", t.elapsed(), format!("{}% held: {}", c.weight, summary(&tally)));
+            return Ok(Some(why));
+        }
+        let elapsed = t.elapsed();
+        if elapsed >= duration {
+            break;
+        }
+        std::thread::sleep((duration - elapsed).min(Duration::from_millis(200)));
+    }
+    progress.step("hold", t.elapsed(), format!("{}% held: {}", c.weight, summary(&tally)));
+    if tally.canary.requests < config.canary.min_requests {
+        progress.warn(format!(
+            "only {} canary request(s) in {} during the hold, fewer than canary.min_requests {}: not enough to \
+             judge, moving on",
+            tally.canary.requests,
+            path.display(),
+            config.canary.min_requests
+        ));
+    }
+    Ok(None)
+}
+
+fn summary(t: &Tally) -> String {
+    let p95 = |s: &analysis::Side| s.p95_ms().map(|p| format!(", p95 {p:.0} ms")).unwrap_or_default();
+    format!(
+        "canary {} requests, {} 5xx{}; stable {} requests, {} 5xx{}",
+        t.canary.requests,
+        t.canary.errors_5xx,
+        p95(&t.canary),
+        t.stable.requests,
+        t.stable.errors_5xx,
+        p95(&t.stable)
+    )
+}
+
+/// Give the canary `pct` percent (0 to 100; the stable release keeps running either way).
+pub fn set_weight(ctx: &Ctx, state: &mut State, pct: u8, step: Option<usize>, progress: &mut Progress) -> Result<()> {
+    let master = ctx.nginx.master()?;
+    let c = state.canary.clone().context("no canary is running")?;
+    let text =
+        ctx.render(&plan::view(&ctx.config, state.generation + 1, state.live.as_ref(), Some((&c.deployment, pct))))?;
+    let before = ctx.read_upstream()?;
+    transaction::begin_op(ctx, state, "canary-step", &c.deployment.release, before.clone())?;
+    touch(ctx, state)?;
+    let old_workers = match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, progress) {
+        Ok(w) => w,
+        Err(e) => {
+            state.in_progress = None;
+            ctx.store.save(state)?;
+            return Err(e.context(format!("the canary stays at {}%", c.weight)));
+        }
+    };
+    settle(ctx, &master, &old_workers, progress);
+    state.generation += 1;
+    state.upstream = Some(text);
+    if let Some(cs) = &mut state.canary {
+        cs.weight = pct;
+        cs.step = step;
+    }
+    state.in_progress = None;
+    ctx.store.save(state)?;
+    let stable = state.live.as_ref().map(|d| d.release.as_str()).unwrap_or("-");
+    progress.note(format!("canary {} gets {pct}% of traffic, {stable} {}%", c.deployment.release, 100 - pct));
+    Ok(())
+}
+
+/// Wait for the old nginx workers to exit: until then they still accept connections and route them by the
+/// previous weights, so a step (and its analysis window, and a sticky user's side) is in effect only after.
+fn settle(ctx: &Ctx, master: &Master, old_workers: &[i32], progress: &mut Progress) {
+    let t = Instant::now();
+    if master.wait_gone(old_workers, ctx.config.deploy.drain_timeout.0) {
+        progress.step("settle", t.elapsed(), format!("{} old nginx worker(s) exited", old_workers.len()));
+    } else {
+        progress.step("settle", t.elapsed(), "old nginx workers still running");
+        progress.warn(format!(
+            "old nginx workers still run after deploy.drain_timeout {}; they route by the previous weights until \
+             they exit",
+            ctx.config.deploy.drain_timeout
+        ));
+    }
+}
+
+fn touch(ctx: &Ctx, state: &mut State) -> Result<()> {
+    if let Some(op) = &mut state.in_progress {
+        op.upstream_touched = true;
+    }
+    ctx.store.save(state)
+}
+
+/// Promote: the canary becomes the live release, the stable one is drained and stopped (or kept idle with
+/// `deploy.keep_previous`), exactly as at a blue/green flip.
+pub fn finish(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<Outcome> {
+    let config = &ctx.config;
+    let master = ctx.nginx.master()?;
+    let c = state.canary.clone().context("no canary is running")?;
+    let old_live = state.live.clone();
+    let new_live = Deployment { since: util::now_rfc3339(), ..c.deployment.clone() };
+    let text = ctx.render(&plan::view(config, state.generation + 1, Some(&new_live), None))?;
+    let before = ctx.read_upstream()?;
+    transaction::begin_op(ctx, state, "promote", &new_live.release, before.clone())?;
+    touch(ctx, state)?;
+    let t = Instant::now();
+    let old_workers = match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, progress) {
+        Ok(w) => w,
+        Err(e) => {
+            state.in_progress = None;
+            ctx.store.save(state)?;
+            return Err(e.context(format!("the canary stays at {}%", c.weight)));
+        }
+    };
+    state.generation += 1;
+    state.upstream = Some(text.clone());
+    state.live = Some(new_live.clone());
+    state.canary = None;
+    ctx.store.save(state)?;
+    progress.note(format!("canary {} promoted: it has all traffic", new_live.release));
+    // An older previous release goes; the release that was stable is kept idle or stopped.
+    let mut stop: Vec<Instance> =
+        state.previous.iter().flat_map(|d| d.instances.iter()).filter(|i| proc::alive(i)).cloned().collect();
+    let mut keep = Vec::new();
+    for i in old_live.iter().flat_map(|d| d.instances.iter()) {
+        if config.deploy.keep_previous && proc::alive(i) {
+            keep.push(format!("{} on {}", i.release, i.port));
+        } else {
+            stop.push(i.clone());
+        }
+    }
+    let (drained, drained_at, stopped) = transaction::drain_and_stop(ctx, &master, &old_workers, &stop, progress);
+    if !keep.is_empty() {
+        progress.note(format!("kept {} running idle for a fast rollback (deploy.keep_previous)", keep.join(", ")));
+    }
+    state.previous = transaction::demote(old_live, state.previous.take());
+    state.in_progress = None;
+    ctx.store.save(state)?;
+    Ok(Outcome {
+        live: new_live,
+        previous: state.previous.clone(),
+        stopped,
+        upstream: text,
+        drained,
+        healthy_unix_ms: None,
+        switch_ms: util::ms(drained_at.duration_since(t)),
+    })
+}
+
+/// Abort: weight 0 (the canary leaves the upstream), reload, wait for the old workers, stop the canary.
+/// Returns the canary instances that were stopped.
+pub fn abort(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<Vec<Instance>> {
+    let master = ctx.nginx.master()?;
+    let c = state.canary.clone().context("no canary is running")?;
+    let text = ctx.render(&plan::view(&ctx.config, state.generation + 1, state.live.as_ref(), None))?;
+    let before = ctx.read_upstream()?;
+    transaction::begin_op(ctx, state, "abort", &c.deployment.release, before.clone())?;
+    if let Some(op) = &mut state.in_progress {
+        // Stopped by the next run if this one is killed after the canary left state.
+        op.started = c.deployment.instances.clone();
+    }
+    touch(ctx, state)?;
+    let old_workers = match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, progress) {
+        Ok(w) => w,
+        Err(e) => {
+            state.in_progress = None;
+            ctx.store.save(state)?;
+            return Err(e.context(format!("the canary stays at {}%", c.weight)));
+        }
+    };
+    state.generation += 1;
+    state.upstream = Some(text);
+    state.canary = None;
+    ctx.store.save(state)?;
+    let (_, _, stopped) = transaction::drain_and_stop(ctx, &master, &old_workers, &c.deployment.instances, progress);
+    state.in_progress = None;
+    ctx.store.save(state)?;
+    Ok(stopped)
+}
+
+/// The sticky key in words, for status and progress lines.
+pub fn describe_split(ctx: &Ctx) -> String {
+    let c = &ctx.config.canary;
+    let mut parts = Vec::new();
+    match &c.sticky {
+        Some(Sticky::Ip) => parts.push("sticky by client address".to_string()),
+        Some(Sticky::Cookie(n)) => parts.push(format!("sticky by cookie {n}")),
+        None => parts.push("weighted per request".to_string()),
+    }
+    if let Some(h) = &c.header {
+        parts.push(format!("header {h} forces the canary"));
+    }
+    parts.join(", ")
+}
