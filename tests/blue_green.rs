@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -477,6 +478,7 @@ fn check_reports_each_item_with_a_fix() {
         "nginx running",
         "upstream dir",
         "upstream included",
+        "canary setup",
         "state dir",
         "ports",
         "time budget",
@@ -506,6 +508,49 @@ fn check_reports_each_item_with_a_fix() {
     assert_eq!(code, 1);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["ready"], false);
-    assert_eq!(j["items"].as_array().unwrap().len(), 9);
+    assert_eq!(j["items"].as_array().unwrap().len(), 10);
     drop(holder);
+}
+
+#[test]
+fn init_writes_a_config_that_loads_and_a_site_that_nginx_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("cutover.toml");
+    let cutover = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
+        c.env_remove("CUTOVER_CONFIG").arg("-c").arg(&cfg);
+        c
+    };
+    let out = cutover().args(["init", "--name", "web-app", "--site"]).arg(d.join("site.conf")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = cutover().args(["init", "--name", "web-app", "--site"]).arg(d.join("site.conf")).output().unwrap();
+    assert_eq!(again.status.code(), Some(2), "init does not overwrite without --force");
+    // The config it wrote loads; the upstream it renders and the site file pass a real nginx -t.
+    let up = cutover().arg("render").output().unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    std::fs::write(d.join("web-app.upstream.conf"), &up.stdout).unwrap();
+    let site = std::fs::read_to_string(d.join("site.conf"))
+        .unwrap()
+        .replace("/etc/nginx/conf.d/", &format!("{}/", d.display()))
+        .replace("/var/log/nginx/", &format!("{}/", d.display()))
+        .replace("listen 80;", &format!("listen 127.0.0.1:{};", free_port()));
+    assert!(site.contains("access_log ") && site.contains(" cutover_web-app;"), "{site}");
+    std::fs::write(d.join("site.conf"), site).unwrap();
+    std::fs::write(
+        d.join("nginx.conf"),
+        format!(
+            "pid {0}/nginx.pid;\nerror_log {0}/error.log;\nevents {{}}\nhttp {{\n    include {0}/site.conf;\n}}\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let t = Command::new(nginx_binary())
+        .arg("-p")
+        .arg(format!("{}/", d.display()))
+        .args(["-t", "-c"])
+        .arg(d.join("nginx.conf"))
+        .output()
+        .unwrap();
+    assert!(t.status.success(), "nginx -t rejected init's files: {}", String::from_utf8_lossy(&t.stderr));
 }

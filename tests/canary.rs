@@ -366,3 +366,20 @@ fn automatic_canary_without_the_access_log_is_refused_before_anything_starts() {
     assert!(err.contains("add `access_log "), "{err}");
     assert_eq!(env.state()["canary"], serde_json::Value::Null);
 }
+
+#[test]
+fn check_fails_a_canary_default_without_the_access_log_and_passes_with_it() {
+    for (access_log, code) in [(false, 1), (true, 0)] {
+        let env = Env::with(Opts { access_log, extra: canary_section("1s", ""), ..Opts::default() });
+        let cfg =
+            std::fs::read_to_string(&env.config).unwrap().replace("[deploy]\n", "[deploy]\nstrategy = \"canary\"\n");
+        env.write_config(&cfg);
+        let (c, out, _) = env.run(&["check"]);
+        assert_eq!(c, code, "{out}");
+        if access_log {
+            assert!(out.contains("ok   canary setup       nginx writes "), "{out}");
+        } else {
+            assert!(out.contains("FAIL canary setup       canary analysis reads "), "{out}");
+        }
+    }
+}

@@ -95,6 +95,28 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
         }
         Err(e) => items.push(item("upstream included", false, format!("{e:#}"), "fix nginx's config first")),
     }
+    // Canary analysis and sticky routing need the site's cooperation; only a canary default makes it a FAIL.
+    let canary_default = c.deploy.strategy == crate::config::Strategy::Canary;
+    match crate::canary::preflight(&ctx) {
+        Ok(()) => items.push(item(
+            "canary setup",
+            true,
+            format!("nginx writes {} for canary analysis", c.access_log().display()),
+            "",
+        )),
+        Err(e) if canary_default => items.push(item(
+            "canary setup",
+            false,
+            format!("{e:#}"),
+            "see the detail; needed by deploy.strategy = \"canary\"",
+        )),
+        Err(e) => items.push(item(
+            "canary setup",
+            true,
+            format!("not ready for `deploy --strategy canary` (not needed for blue-green): {e:#}"),
+            "",
+        )),
+    }
     let sd = c.state_dir();
     let anc = existing_ancestor(&sd);
     let sym = std::fs::symlink_metadata(&sd).map(|m| m.file_type().is_symlink()).unwrap_or(false);

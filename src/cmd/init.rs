@@ -16,7 +16,8 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<i32> {
         }
     }
     let config = CONFIG.replace("NAME", name.as_str());
-    let site = SITE.replace("NAME", name.as_str());
+    let site =
+        SITE.replace("VAR", &format!("cutover_{}", name.as_str().replace('-', "_"))).replace("NAME", name.as_str());
     std::fs::write(config_path, config).with_context(|| format!("could not write {}", config_path.display()))?;
     std::fs::write(&args.site, site).with_context(|| format!("could not write {}", args.site.display()))?;
     println!("wrote {} and {}", config_path.display(), args.site.display());
@@ -63,6 +64,16 @@ drain_timeout = "30s"              # longest wait for nginx's old workers before
 keep_previous = false              # true: keep the previous release running idle for a sub-second rollback
 # state_dir = "/var/lib/cutover"
 
+[canary]                           # `cutover deploy --strategy canary`
+steps = [10, 25, 50, 100]          # percent of traffic to the new release, one reload per step
+interval = "60s"                   # hold per step with analysis; "manual": stop after the first step (promote/abort)
+max_error_rate = 0.01              # abort (exit 6) when the canary's 5xx rate is above this...
+min_requests = 50                  # ...once it has at least this many requests in the step
+# max_latency_factor = 2.0         # abort when the canary's p95 upstream time exceeds the stable one's by this
+# sticky = "cookie:session"        # or "ip": each user stays on one release (site must proxy_pass the variable)
+# header = "X-Canary"              # requests carrying this header always go to the canary
+access_log = "/var/log/nginx/NAME.cutover.log"   # written by the site file's access_log line
+
 [hooks]                            # shell commands; CUTOVER_* variables describe the deploy
 # before_start = "..."
 # after_healthy = "..."            # a failure here aborts the deploy before traffic moves (exit 3)
@@ -78,8 +89,11 @@ include /etc/nginx/conf.d/NAME.upstream.conf;
 server {
     listen 80;
     server_name _;
+    # One JSON line per request (format defined in the upstream file): cutover's canary analysis reads it.
+    access_log /var/log/nginx/NAME.cutover.log cutover_NAME;
 
     location / {
+        # With canary.sticky or canary.header, proxy to the variable instead: proxy_pass http://$VAR_upstream;
         proxy_pass http://NAME;
         proxy_set_header Host $host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
