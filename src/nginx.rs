@@ -121,6 +121,13 @@ impl Nginx {
         Ok(self.compiled("--prefix=")?.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/share/nginx")))
     }
 
+    /// The version `nginx -v` reports, e.g. (1, 22, 1).
+    pub fn version(&self) -> Result<(u32, u32, u32)> {
+        let out = self.run(&["-v"])?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        parse_version(&text).with_context(|| format!("could not read a version from `nginx -v`: {}", text.trim()))
+    }
+
     /// A value from `nginx -V`'s configure arguments.
     fn compiled(&self, key: &str) -> Result<Option<String>> {
         let out = self.run(&["-V"])?;
@@ -282,6 +289,18 @@ fn main_directive(dump: &str, name: &str) -> Option<String> {
     None
 }
 
+/// `nginx version: nginx/1.22.1` → (1, 22, 1).
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split("nginx/").nth(1)?.split_whitespace().next()?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
+/// nginx 1.27.4 added `keepalive_min_timeout`, which keeps a reload from resetting idle keep-alive clients.
+pub fn has_keepalive_min_timeout(version: (u32, u32, u32)) -> bool {
+    version >= (1, 27, 4)
+}
+
 fn status_text(out: &Output) -> String {
     match out.status.code() {
         Some(c) => c.to_string(),
@@ -304,6 +323,17 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_are_read_and_compared() {
+        assert_eq!(parse_version("nginx version: nginx/1.22.1\n"), Some((1, 22, 1)));
+        assert_eq!(parse_version("nginx version: nginx/1.27.4 (Ubuntu)"), Some((1, 27, 4)));
+        assert_eq!(parse_version("nginx version: openresty/1.2"), None);
+        assert!(!has_keepalive_min_timeout((1, 22, 1)));
+        assert!(!has_keepalive_min_timeout((1, 27, 3)));
+        assert!(has_keepalive_min_timeout((1, 27, 4)));
+        assert!(has_keepalive_min_timeout((1, 28, 0)));
+    }
 
     #[test]
     fn main_directive_ignores_blocks_and_included_files() {

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use crate::cli::InitArgs;
 use crate::config::Name;
 use crate::exit;
+use crate::nginx::{has_keepalive_min_timeout, Nginx};
 
 pub fn run(config_path: &Path, args: InitArgs) -> Result<i32> {
     let name: Name = args.name.parse().map_err(exit::usage)?;
@@ -16,14 +17,42 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<i32> {
         }
     }
     let config = CONFIG.replace("NAME", name.as_str());
-    let site =
-        SITE.replace("VAR", &format!("cutover_{}", name.as_str().replace('-', "_"))).replace("NAME", name.as_str());
+    let site = SITE
+        .replace("KEEPALIVE", &keepalive_line())
+        .replace("VAR", &format!("cutover_{}", name.as_str().replace('-', "_")))
+        .replace("NAME", name.as_str());
     std::fs::write(config_path, config).with_context(|| format!("could not write {}", config_path.display()))?;
     std::fs::write(&args.site, site).with_context(|| format!("could not write {}", args.site.display()))?;
     println!("wrote {} and {}", config_path.display(), args.site.display());
     println!("next: edit app.start, copy the site file into nginx's config (e.g. /etc/nginx/sites-enabled/),");
     println!("      `cutover render > /etc/nginx/conf.d/{name}.upstream.conf`, reload nginx, then `cutover check`");
     Ok(exit::OK)
+}
+
+/// nginx resets idle keep-alive client connections at a reload unless `keepalive_min_timeout` (nginx 1.27.4 and
+/// later) keeps them; write it when this host's nginx has it, and say why not otherwise.
+fn keepalive_line() -> String {
+    let cfg = crate::config::Nginx {
+        upstream_file: Default::default(),
+        binary: "nginx".into(),
+        prefix: None,
+        conf: None,
+        pid_file: None,
+        reload: Default::default(),
+        template: None,
+        confirm_timeout: crate::config::Dur(std::time::Duration::from_secs(5)),
+    };
+    match Nginx::new(&cfg).version() {
+        Ok(v) if has_keepalive_min_timeout(v) => {
+            "    # Idle keep-alive clients are not reset at a reload (nginx >= 1.27.4).\n    keepalive_min_timeout 1s;"
+                .into()
+        }
+        Ok((a, b, c)) => format!(
+            "    # nginx {a}.{b}.{c} may reset idle keep-alive clients at a reload; from 1.27.4 add `keepalive_min_timeout 1s;`."
+        ),
+        Err(_) => "    # From nginx 1.27.4, `keepalive_min_timeout 1s;` keeps a reload from resetting idle keep-alive clients."
+            .into(),
+    }
 }
 
 const CONFIG: &str = r#"# cutover.toml: how cutover deploys NAME. Unknown keys are errors; durations are human (250ms, 30s, 5m).
@@ -89,6 +118,7 @@ include /etc/nginx/conf.d/NAME.upstream.conf;
 server {
     listen 80;
     server_name _;
+KEEPALIVE
     # One JSON line per request (format defined in the upstream file): cutover's canary analysis reads it.
     access_log /var/log/nginx/NAME.cutover.log cutover_NAME;
 
