@@ -59,21 +59,64 @@ pub fn preflight(ctx: &Ctx) -> Result<()> {
     if needs_log {
         let path = ctx.config.access_log();
         let format = format!("cutover_{}", ctx.config.app.name);
-        let written = dump.lines().any(|l| {
-            let l = l.trim_start();
-            l.starts_with("access_log") && l.split_whitespace().any(|w| w.trim_end_matches(';') == format)
-        });
-        if !written || !path.exists() {
+        // The paths of every `access_log PATH cutover_<app>` in nginx's config, as nginx resolves them.
+        let prefix = ctx.nginx.prefix().unwrap_or_default();
+        let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let written: Vec<std::path::PathBuf> = dump
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split('#').next().unwrap_or("").split_whitespace();
+                if w.next() != Some("access_log") {
+                    return None;
+                }
+                let file = w.next()?.trim_end_matches(';');
+                w.any(|x| x.trim_end_matches(';') == format).then(|| prefix.join(file))
+            })
+            .collect();
+        let problem = if !written.iter().any(|w| canon(w) == canon(&path)) {
+            Some(if written.is_empty() {
+                "no access_log in nginx's config writes that format".to_string()
+            } else {
+                let w: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+                format!("nginx writes that format to {} instead", w.join(", "))
+            })
+        } else {
+            std::fs::File::open(&path).err().map(|e| format!("cutover cannot read it: {e}"))
+        };
+        if let Some(problem) = problem {
             return Err(exit::usage(format!(
-                "canary analysis reads {} in the {format} format, but {}; add `access_log {} {format};` to the \
-                 site's server block and reload nginx (or set canary.access_log, or canary.interval = \"manual\")",
+                "canary analysis reads {} in the {format} format, but {problem}; add `access_log {} {format};` to \
+                 the site's server block and reload nginx, or point canary.access_log at the file nginx writes \
+                 (or set canary.interval = \"manual\")",
                 path.display(),
-                if written { "that file does not exist" } else { "no access_log in nginx's config writes that format" },
                 path.display()
             )));
         }
     }
     Ok(())
+}
+
+/// The first step's upstream for a plan, rendered before the canary starts (the ports are known).
+pub fn first_step_upstream(ctx: &Ctx, state: &State, plan: &Plan) -> Result<String> {
+    let live = state.live.as_ref().context("a canary needs a live release")?;
+    let placeholder = Deployment {
+        release: plan.release.clone(),
+        instances: plan
+            .new_ports
+            .iter()
+            .map(|&port| Instance {
+                release: plan.release.clone(),
+                port,
+                pid: None,
+                start_ticks: None,
+                started_at: String::new(),
+                log: Default::default(),
+            })
+            .collect(),
+        since: String::new(),
+    };
+    let first = ctx.config.canary.steps[0].0;
+    ctx.render(&plan::view(&ctx.config, state.generation + 1, Some(live), Some((&placeholder, first))))
 }
 
 /// `cutover deploy --strategy canary`: start and health-check the canary, apply the first step, then (unless
@@ -111,13 +154,21 @@ fn start(
     progress: &mut Progress,
 ) -> Result<Option<Outcome>> {
     let config = &ctx.config;
-    let mut launched = transaction::launch(ctx, state, target, plan, env, progress)?;
     let live = state.live.clone().context("a canary needs a live release")?;
-    let deployment =
-        Deployment { release: target.release.to_string(), instances: launched.instances(), since: util::now_rfc3339() };
     let steps: Vec<u8> = config.canary.steps.iter().map(|p| p.0).collect();
     let first = steps[0];
-    let text = ctx.render(&plan::view(config, state.generation + 1, Some(&live), Some((&deployment, first))))?;
+    // Rendered before anything starts (the view needs only the ports), so a template error starts nothing.
+    let text = match first_step_upstream(ctx, state, plan) {
+        Ok(t) => t,
+        Err(e) => {
+            state.in_progress = None;
+            ctx.store.save(state)?;
+            return Err(e);
+        }
+    };
+    let mut launched = transaction::launch(ctx, state, target, plan, env, progress)?;
+    let deployment =
+        Deployment { release: target.release.to_string(), instances: launched.instances(), since: util::now_rfc3339() };
     if let Some(op) = &mut state.in_progress {
         op.upstream_touched = true;
     }
@@ -131,13 +182,14 @@ fn start(
             return Err(e);
         }
     };
-    settle(ctx, master, &old_workers, progress);
+    // Recorded before the settle: nginx routes to the canary from the reload on.
     state.generation += 1;
     state.upstream = Some(text);
     state.canary = Some(CanaryState { deployment, weight: first, steps, step: Some(0) });
     state.in_progress = None;
     ctx.store.save(state)?;
     launched.release();
+    settle(ctx, master, &old_workers, progress);
     progress.note(format!("canary {} gets {first}% of traffic, {} {}%", target.release, live.release, 100 - first));
     Ok(None)
 }
@@ -150,7 +202,10 @@ pub fn drive(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<Ou
     };
     loop {
         let c = state.canary.clone().context("no canary is running")?;
-        if let Some(reason) = hold(ctx, state, interval.0, progress)? {
+        // A hold that cannot analyse (the log became unreadable) must not leave the canary live unattended.
+        let verdict =
+            hold(ctx, state, interval.0, progress).unwrap_or_else(|e| Some(format!("analysis failed: {e:#}")));
+        if let Some(reason) = verdict {
             return Err(abort_for(ctx, state, &reason, progress));
         }
         let next =
@@ -213,6 +268,16 @@ fn hold(ctx: &Ctx, state: &State, duration: Duration, progress: &mut Progress) -
         std::thread::sleep((duration - elapsed).min(Duration::from_millis(200)));
     }
     progress.step("hold", t.elapsed(), format!("{}% held: {}", c.weight, summary(&tally)));
+    if tally.canary.requests == 0 && tally.stable.requests == 0 {
+        // Fail closed: no line for either side means the analysis is blind (a log nginx does not write, a
+        // site that bypasses this upstream), not that the canary is fine.
+        return Ok(Some(format!(
+            "no request to either release appeared in {} during the {} hold, so the canary could not be judged \
+             (send traffic during a canary, check the site's access_log, or use canary.interval = \"manual\")",
+            path.display(),
+            humantime::format_duration(duration)
+        )));
+    }
     if tally.canary.requests < config.canary.min_requests {
         progress.warn(format!(
             "only {} canary request(s) in {} during the hold, fewer than canary.min_requests {}: not enough to \
@@ -255,7 +320,6 @@ pub fn set_weight(ctx: &Ctx, state: &mut State, pct: u8, step: Option<usize>, pr
             return Err(e.context(format!("the canary stays at {}%", c.weight)));
         }
     };
-    settle(ctx, &master, &old_workers, progress);
     state.generation += 1;
     state.upstream = Some(text);
     if let Some(cs) = &mut state.canary {
@@ -264,6 +328,7 @@ pub fn set_weight(ctx: &Ctx, state: &mut State, pct: u8, step: Option<usize>, pr
     }
     state.in_progress = None;
     ctx.store.save(state)?;
+    settle(ctx, &master, &old_workers, progress);
     let stable = state.live.as_ref().map(|d| d.release.as_str()).unwrap_or("-");
     progress.note(format!("canary {} gets {pct}% of traffic, {stable} {}%", c.deployment.release, 100 - pct));
     Ok(())
@@ -313,12 +378,6 @@ pub fn finish(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<O
             return Err(e.context(format!("the canary stays at {}%", c.weight)));
         }
     };
-    state.generation += 1;
-    state.upstream = Some(text.clone());
-    state.live = Some(new_live.clone());
-    state.canary = None;
-    ctx.store.save(state)?;
-    progress.note(format!("canary {} promoted: it has all traffic", new_live.release));
     // An older previous release goes; the release that was stable is kept idle or stopped.
     let mut stop: Vec<Instance> =
         state.previous.iter().flat_map(|d| d.instances.iter()).filter(|i| proc::alive(i)).cloned().collect();
@@ -330,11 +389,23 @@ pub fn finish(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<O
             stop.push(i.clone());
         }
     }
+    // One write: the canary is live, the stable release is the previous one, and what is to be stopped is
+    // recorded, so a run killed during the drain leaves state true and the next run finishes the stop.
+    state.generation += 1;
+    state.upstream = Some(text.clone());
+    state.live = Some(new_live.clone());
+    state.canary = None;
+    state.previous = transaction::demote(old_live, state.previous.take());
+    if let Some(op) = &mut state.in_progress {
+        op.started = stop.clone();
+    }
+    ctx.store.save(state)?;
+    progress.note(format!("canary {} promoted: it has all traffic", new_live.release));
     let (drained, drained_at, stopped) = transaction::drain_and_stop(ctx, &master, &old_workers, &stop, progress);
     if !keep.is_empty() {
         progress.note(format!("kept {} running idle for a fast rollback (deploy.keep_previous)", keep.join(", ")));
     }
-    state.previous = transaction::demote(old_live, state.previous.take());
+    state.previous = transaction::demote(state.previous.take(), None);
     state.in_progress = None;
     ctx.store.save(state)?;
     Ok(Outcome {

@@ -114,7 +114,8 @@ impl Nginx {
             .collect()
     }
 
-    fn prefix(&self) -> Result<PathBuf> {
+    /// nginx's prefix: `nginx.prefix`, else the compiled-in one; relative paths in its config start here.
+    pub fn prefix(&self) -> Result<PathBuf> {
         if let Some(p) = &self.cfg.prefix {
             return Ok(p.clone());
         }

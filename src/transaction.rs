@@ -205,10 +205,9 @@ pub fn recover(ctx: &Ctx, state: &mut State, progress: &Progress) -> Result<()> 
         .chain(state.canary.iter().map(|c| &c.deployment))
         .flat_map(|d| d.instances.iter().filter_map(|i| i.pid))
         .collect();
-    for inst in op.started.iter().filter(|i| i.pid.is_some_and(|p| !kept.contains(&p))) {
-        let how = proc::stop(inst, ctx.config.app.stop_timeout.0);
-        progress.warn(format!("stopped leftover {} on port {} ({how:?})", inst.release, inst.port));
-    }
+    // Traffic first: put the upstream back to what state says is live and wait for the workers that still
+    // route by the killed run's file, and only then stop what that run left, so nothing is stopped while
+    // nginx can still send it requests.
     if op.upstream_touched {
         let expected = state.upstream.clone().or(op.upstream_before.clone());
         let disk = ctx.read_upstream()?;
@@ -223,7 +222,14 @@ pub fn recover(ctx: &Ctx, state: &mut State, progress: &Progress) -> Result<()> 
                 "restored {} to what was live and reloaded nginx",
                 ctx.config.nginx.upstream_file.display()
             ));
+            if !master.wait_gone(&old, ctx.config.deploy.drain_timeout.0) {
+                progress.warn("old nginx workers still run after deploy.drain_timeout; stopping leftovers anyway");
+            }
         }
+    }
+    for inst in op.started.iter().filter(|i| i.pid.is_some_and(|p| !kept.contains(&p))) {
+        let how = proc::stop(inst, ctx.config.app.stop_timeout.0);
+        progress.warn(format!("stopped leftover {} on port {} ({how:?})", inst.release, inst.port));
     }
     state.in_progress = None;
     ctx.store.save(state)?;
@@ -651,7 +657,8 @@ pub fn drain_and_stop(
 }
 
 /// What was live becomes the previous release (its instances kept running or marked stopped); an older
-/// previous release is forgotten once its instances are stopped.
+/// previous release is forgotten (its instances are stopped, or recorded to be stopped, by the caller).
+/// `demote(previous, None)` refreshes which instances of the previous release still run.
 pub fn demote(old_live: Option<Deployment>, older: Option<Deployment>) -> Option<Deployment> {
     old_live.or(older).map(|mut d| {
         for i in &mut d.instances {
@@ -699,11 +706,17 @@ fn run_steps(
         instances: target.reuse.iter().cloned().chain(launched.instances()).collect(),
         since: now,
     };
-    let old_live = state.live.clone();
+    let old_live = state.live.take();
     state.generation += 1;
     state.upstream = Some(plan.upstream_after.clone());
     state.live = Some(new_live.clone());
     state.canary = None;
+    // In the same write: what was live becomes the previous release, and what is still to be stopped is
+    // recorded, so a run killed during the drain leaves state true and the next run finishes the stop.
+    state.previous = demote(old_live, state.previous.take());
+    if let Some(op) = &mut state.in_progress {
+        op.started = plan.stop_after.clone();
+    }
     ctx.store.save(state)?;
 
     // 9. Drain: the old workers keep sending requests to the old instances until they exit.
@@ -715,8 +728,7 @@ fn run_steps(
     }
 
     // 10. Commit.
-    let previous = demote(old_live, state.previous.take());
-    state.previous = previous;
+    state.previous = demote(state.previous.take(), None);
     state.in_progress = None;
     ctx.store.save(state)?;
     let hook = if target.kind == "rollback" { "after_rollback" } else { "after_switch" };

@@ -554,3 +554,33 @@ fn init_writes_a_config_that_loads_and_a_site_that_nginx_accepts() {
         .unwrap();
     assert!(t.status.success(), "nginx -t rejected init's files: {}", String::from_utf8_lossy(&t.stderr));
 }
+
+#[test]
+fn a_deploy_killed_during_its_drain_leaves_state_true_and_the_next_run_finishes_the_stop() {
+    let env = Env::with(Opts { pool_size: 3, keep_previous: true, ..Opts::default() });
+    env.ok(&["deploy", "--release", "v0"]);
+    env.ok(&["deploy", "--release", "v1"]);
+    let v0 = env.state()["previous"]["instances"][0]["pid"].as_i64().unwrap() as i32;
+    assert!(pid_alive(v0), "v0 kept idle");
+    // A long request keeps an old nginx worker (and so the drain) busy; kill cutover during that drain.
+    let port = env.nginx_port;
+    let long = std::thread::spawn(move || http_get(port, "/slow?ms=4000", Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut child =
+        env.cutover().args(["deploy", "--release", "v2"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || env.state()["live"]["release"] == "v2"), "v2 never went live");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // State tells the truth at once: v2 live, v1 the previous release, v0 recorded as still to be stopped.
+    let s = env.state();
+    assert_eq!(s["previous"]["release"], "v1");
+    assert_eq!(s["in_progress"]["started"][0]["pid"], v0);
+    assert!(pid_alive(v0));
+    // The next run finishes the stop, then does its own job: a flip back to v1.
+    let (code, _, err) = env.run(&["rollback"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stopped leftover v0 on port"), "{err}");
+    assert!(!pid_alive(v0));
+    assert_eq!(env.serving(), "v1");
+    assert_eq!(long.join().unwrap().unwrap().0, 200, "the long request finished");
+}

@@ -383,3 +383,28 @@ fn check_fails_a_canary_default_without_the_access_log_and_passes_with_it() {
         }
     }
 }
+
+#[test]
+fn a_canary_whose_log_path_is_not_the_one_nginx_writes_is_refused() {
+    let env = canary_env("1s", "");
+    env.ok(&["deploy", "--release", "v1"]);
+    std::fs::write(env.path().join("stale.log"), "").unwrap();
+    let cfg = std::fs::read_to_string(&env.config).unwrap().replace("nginx/logs/shop.cutover.log", "stale.log");
+    env.write_config(&cfg);
+    let (code, _, err) = env.run(&["deploy", "--release", "v2", "--strategy", "canary"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("but nginx writes that format to {} instead", env.access_log().display())), "{err}");
+    assert_eq!(env.state()["canary"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_hold_that_sees_no_request_at_all_aborts_instead_of_promoting_blind() {
+    let env = canary_env("1s", "");
+    env.ok(&["deploy", "--release", "v1"]);
+    let (code, _, err) = env.run(&["deploy", "--release", "v2", "--strategy", "canary"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("no request to either release appeared in"), "{err}");
+    assert_eq!(env.state()["canary"], serde_json::Value::Null);
+    assert_eq!(env.serving(), "v1");
+    assert_eq!(last_event(&env)["outcome"], "canary-aborted");
+}

@@ -11,32 +11,9 @@ use crate::canary::{self, End};
 use crate::cli::{CanaryArgs, CanaryCommand, LockArgs};
 use crate::exit::{self, Failure};
 use crate::history::{self, Record};
-use crate::plan;
 use crate::progress::Progress;
-use crate::state::{Deployment, Instance, State};
-use crate::transaction::{self, Ctx, Plan, Target};
-
-/// The upstream of the first step, for `deploy --dry-run`.
-pub fn first_step_upstream(ctx: &Ctx, state: &State, plan: &Plan) -> Result<String> {
-    let placeholder = Deployment {
-        release: plan.release.clone(),
-        instances: plan
-            .new_ports
-            .iter()
-            .map(|&port| Instance {
-                release: plan.release.clone(),
-                port,
-                pid: None,
-                start_ticks: None,
-                started_at: String::new(),
-                log: Default::default(),
-            })
-            .collect(),
-        since: String::new(),
-    };
-    let first = ctx.config.canary.steps[0].0;
-    ctx.render(&plan::view(&ctx.config, state.generation + 1, state.live.as_ref(), Some((&placeholder, first))))
-}
+use crate::state::State;
+use crate::transaction::{self, Ctx, Target};
 
 pub fn deploy(ctx: &Ctx, state: &mut State, target: &Target, progress: &mut Progress, json: bool) -> Result<i32> {
     let from = state.live.as_ref().map(|d| d.release.clone());
@@ -177,7 +154,8 @@ pub fn abort_cmd(ctx: &Ctx, state: &mut State, progress: &mut Progress, kind: &s
             release: &c.deployment.release,
             from: stable.clone(),
             strategy: Some("canary".into()),
-            ok: "ok",
+            // Not "ok": an aborted canary was never the live release, so `rollback --to` must not offer it.
+            ok: "aborted",
         },
         &result,
         progress,

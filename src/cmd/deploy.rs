@@ -35,7 +35,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
         let state = ctx.store.load(ctx.config.app.name.as_str())?;
         let mut plan = transaction::plan(ctx, &state, &target, false)?;
         if strategy == Strategy::Canary && state.live.is_some() {
-            plan.upstream_after = super::canary::first_step_upstream(ctx, &state, &plan)?;
+            plan.upstream_after = crate::canary::first_step_upstream(ctx, &state, &plan)?;
         }
         print_plan(ctx, &plan, strategy, json)?;
         return Ok(exit::OK);
