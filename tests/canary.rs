@@ -408,3 +408,20 @@ fn a_hold_that_sees_no_request_at_all_aborts_instead_of_promoting_blind() {
     assert_eq!(env.serving(), "v1");
     assert_eq!(last_event(&env)["outcome"], "canary-aborted");
 }
+
+#[test]
+fn dry_run_of_a_canary_shows_the_steps_and_the_first_steps_diff_and_changes_nothing() {
+    let env = canary_env("1s", "");
+    env.ok(&["deploy", "--release", "v1"]);
+    let before = env.upstream();
+    let state_before = env.state();
+    let out = env.ok(&["deploy", "--release", "v2", "--strategy", "canary", "--dry-run"]);
+    assert!(out.starts_with("plan: deploy v2 (canary) for app shop\n"), "{out}");
+    assert!(out.contains("  canary steps 10% -> 50% -> 100% (weighted per request), each written, nginx -t, reloaded and confirmed, held 1s with analysis (max_error_rate 0.05, min_requests 20)\n"), "{out}");
+    assert!(out.contains("upstream diff at the first step:\n"), "{out}");
+    assert!(out.contains(&format!("+    server 127.0.0.1:{} weight=9;  # v1\n", env.pool[0])), "{out}");
+    assert!(out.contains(&format!("+    server 127.0.0.1:{};  # v2\n", env.pool[1])), "{out}");
+    assert_eq!(env.upstream(), before);
+    assert_eq!(env.state(), state_before);
+    assert!(std::net::TcpListener::bind(("127.0.0.1", env.pool[1])).is_ok(), "nothing was started");
+}

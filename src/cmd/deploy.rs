@@ -34,10 +34,16 @@ pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
     if args.dry_run {
         let state = ctx.store.load(ctx.config.app.name.as_str())?;
         let mut plan = transaction::plan(ctx, &state, &target, false)?;
-        if strategy == Strategy::Canary && state.live.is_some() {
-            plan.upstream_after = crate::canary::first_step_upstream(ctx, &state, &plan)?;
+        let mut shown = strategy;
+        if strategy == Strategy::Canary {
+            if state.live.is_some() {
+                plan.upstream_after = crate::canary::first_step_upstream(ctx, &state, &plan)?;
+            } else {
+                shown = Strategy::BlueGreen;
+                eprintln!("cutover: nothing is live yet, so a canary deploy would run as blue-green");
+            }
         }
-        print_plan(ctx, &plan, strategy, json)?;
+        print_plan(ctx, &plan, shown, json)?;
         return Ok(exit::OK);
     }
     if strategy == Strategy::Canary {
@@ -169,13 +175,11 @@ fn print_plan(ctx: &Ctx, plan: &Plan, strategy: Strategy, json: bool) -> Result<
     for i in &plan.keep {
         println!("  keep {} on port {} running idle for rollback", i.release, i.port);
     }
-    if strategy == Strategy::Canary {
-        println!("first step's upstream diff:");
-    }
+    let label = if strategy == Strategy::Canary { "upstream diff at the first step" } else { "upstream diff" };
     if diff.is_empty() {
         println!("upstream file unchanged");
     } else {
-        println!("upstream diff:\n{diff}");
+        println!("{label}:\n{diff}");
     }
     eprintln!("cutover: dry run: nothing was started, written or reloaded");
     Ok(())
