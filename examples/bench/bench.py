@@ -1,0 +1,1003 @@
+#!/usr/bin/env python3
+"""cutover benchmark driver (stdlib only); run it through examples/bench/run.sh.
+
+Everything runs on 127.0.0.1 in a temp dir: a private nginx (worker_processes 2, ports picked free), the fixture
+app (fixtures/app.py) started by cutover exactly as the tests start it, and wrk driving load through nginx for
+the whole of each phase. Phases, in order:
+
+  for each client mode (wrk -H "Connection: close", then keep-alive):
+    cutover   N blue/green deploys (deploy.keep_previous = false: cutover drains, then stops the old release)
+    floor     N plain `nginx -s reload` + 300 ms, no deploy (what nginx itself costs a keep-alive client)
+    cutover   K rollbacks (deploy.keep_previous = true, so a rollback is a flip), then S x `cutover status`
+    cutover   C canaries stepped to 100 % (`--strategy canary`; skipped with --skip-canary)
+  cutover   L deploys with long requests and slow uploads in flight at each flip (examples/bench/longreq.py)
+  baseline  examples/bench/baseline/switch.sh takes over the same nginx, then for each client mode N deploys
+            under the same wrk load, then L deploys with long requests in flight
+
+It prints one table and writes it to examples/bench/results/latest.md and latest.json. Every process it starts is
+stopped by pid (apps by process group) when it ends, also on Ctrl-C.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+FIXTURE = os.path.join(ROOT, "fixtures", "app.py")
+LUA = os.path.join(HERE, "count.lua")
+LONGREQ = os.path.join(HERE, "longreq.py")
+SWITCH = os.path.join(HERE, "baseline", "switch.sh")
+RESULTS = os.path.join(HERE, "results")
+MODES = [("close", "Connection: close"), ("keepalive", "keep-alive")]
+
+
+def log(msg):
+    sys.stderr.write("[bench %s] %s\n" % (time.strftime("%H:%M:%S"), msg))
+    sys.stderr.flush()
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def signal_pid(pid, sig, group=False):
+    try:
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def is_app(pid):
+    """True when pid is still a fixture app process (guards against a reused pid before signalling it)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"app.py" in f.read()
+    except OSError:
+        return False
+
+
+def stop_pid(pid, group=False, grace=5.0):
+    """SIGTERM (the process group when group=True), SIGKILL after grace seconds."""
+    if not pid or not pid_alive(pid) or not is_app(pid):
+        return
+    signal_pid(pid, signal.SIGTERM, group)
+    end = time.monotonic() + grace
+    while time.monotonic() < end and pid_alive(pid):
+        time.sleep(0.05)
+    if pid_alive(pid):
+        signal_pid(pid, signal.SIGKILL, group)
+
+
+def free_ports(n, used):
+    """Ports from 61000 up: above Linux's ephemeral range (32768-60999), so the thousands of client
+    connections of a Connection: close run never sit on them, and away from the tests' 20000-32700."""
+    out = []
+    p = 61000 + (os.getpid() % 200) * 20
+    while len(out) < n:
+        p += 1
+        if p > 65000:
+            p = 61001
+        if p in used or p in out:
+            continue
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", p))
+            out.append(p)
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return out
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def stats(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {"n": 0, "median": None, "max": None, "min": None}
+    return {"n": len(xs), "median": round(median(xs), 1), "max": max(xs), "min": min(xs)}
+
+
+def version_tuple(v):
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.t0 = time.monotonic()
+        self.started_at = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        self.deadline = self.t0 + a.max_secs
+        self.cutover_bin = os.path.abspath(a.cutover)
+        self.nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.dir = tempfile.mkdtemp(prefix="cutover-bench-")
+        # nginx's workers run as nobody and keep upload bodies in <prefix>/client_body_temp: they must be able to
+        # reach the prefix. The state dir cutover creates inside stays 0700.
+        os.chmod(self.dir, 0o755)
+        self.prefix = os.path.join(self.dir, "nginx")
+        for sub in ("nginx/conf", "nginx/logs", "state", "baseline", "wrk", "longreq"):
+            os.makedirs(os.path.join(self.dir, sub))
+        self.upstream = os.path.join(self.prefix, "conf", "bench.upstream.conf")
+        self.nginx_conf = os.path.join(self.prefix, "conf", "nginx.conf")
+        self.access_log = os.path.join(self.prefix, "logs", "bench.cutover.log")
+        self.error_log = os.path.join(self.prefix, "logs", "error.log")
+        self.config = os.path.join(self.dir, "cutover.toml")
+        ports = free_ports(6, set())
+        self.nginx_port, self.pool, self.base_ports = ports[0], ports[1:4], ports[4:6]
+        self.children = {}  # pid -> (description, is group leader)
+        self.release_n = 0
+        self.phases = []
+        self.deploys = []  # every cutover deploy/rollback/canary record
+        self.baseline_runs = []
+        self.status_ms = []
+        self.notes = []
+        self.canary_state = "not run"
+        self.canary_ok = self.canary_runs = 0
+        self.canary_failures = []
+        self.error_log_offset = 0
+        self.machine = self.machine_info()
+
+    # ---------------------------------------------------------------- setup
+
+    def machine_info(self):
+        cpu = "unknown"
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        cpu = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        nv = subprocess.run([self.nginx_bin, "-v"], capture_output=True, text=True)
+        nginx_version = (nv.stderr + nv.stdout).strip().split("/")[-1]
+        wv = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        cv = subprocess.run([self.cutover_bin, "--version"], capture_output=True, text=True)
+        return {
+            "nproc": os.cpu_count(),
+            "cpu": cpu,
+            "kernel": platform.release(),
+            "nginx": nginx_version,
+            "wrk": (wv.stdout + wv.stderr).splitlines()[0].strip() if (wv.stdout + wv.stderr) else "?",
+            "python": platform.python_version(),
+            "cutover": cv.stdout.strip(),
+        }
+
+    def write_config(self, keep_previous):
+        pool = ", ".join(str(p) for p in self.pool)
+        text = f"""# written by examples/bench/bench.py
+[app]
+name = "bench"
+start = "exec python3 {FIXTURE} --port {{{{port}}}} --release {{{{release}}}}"
+stop_timeout = "10s"
+
+[ports]
+pool = [{pool}]
+bind = "127.0.0.1"
+
+[health]
+deadline = "30s"
+
+[nginx]
+upstream_file = "{self.upstream}"
+prefix = "{self.prefix}"
+conf = "conf/nginx.conf"
+
+[deploy]
+drain_timeout = "30s"
+keep_previous = {"true" if keep_previous else "false"}
+state_dir = "{os.path.join(self.dir, "state")}"
+
+[canary]
+steps = [10, 50, 100]
+interval = "1s"
+min_requests = 20
+max_error_rate = 0.05
+access_log = "{self.access_log}"
+"""
+        with open(self.config, "w") as f:
+            f.write(text)
+
+    def start_nginx(self):
+        v = version_tuple(self.machine["nginx"])
+        self.keepalive_min_timeout = v >= (1, 27, 4)
+        extra = "        keepalive_min_timeout 1s;\n" if self.keepalive_min_timeout else ""
+        if self.keepalive_min_timeout:
+            log("nginx %s >= 1.27.4: keepalive_min_timeout 1s set in the server block (floor should be 0)"
+                % self.machine["nginx"])
+        else:
+            log("nginx %s < 1.27.4: no keepalive_min_timeout; idle keep-alive clients can see a reset at a "
+                "reload (the floor rows measure it)" % self.machine["nginx"])
+        conf = f"""# written by examples/bench/bench.py
+worker_processes 2;
+pid logs/nginx.pid;
+error_log logs/error.log notice;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    include {self.upstream};
+    server {{
+        listen 127.0.0.1:{self.nginx_port};
+        access_log {self.access_log} cutover_bench;
+{extra}        location / {{ proxy_pass http://bench; }}
+    }}
+}}
+"""
+        with open(self.nginx_conf, "w") as f:
+            f.write(conf)
+        r = self.cutover("render")
+        if r["code"] != 0:
+            raise SystemExit("cutover render failed:\n" + r["stderr"])
+        with open(self.upstream, "w") as f:
+            f.write(r["stdout"])
+        if "log_format cutover_bench" not in r["stdout"]:
+            raise SystemExit("the upstream file cutover renders has no `log_format cutover_bench`; this bench "
+                             "needs a cutover that defines it (the site's access_log uses it)")
+        st = subprocess.run(self.nginx_cmd(), capture_output=True, text=True)
+        if st.returncode != 0:
+            raise SystemExit("could not start the bench nginx:\n" + st.stderr)
+        end = time.monotonic() + 5
+        self.nginx_pid = None
+        while time.monotonic() < end and not self.nginx_pid:
+            try:
+                with open(os.path.join(self.prefix, "logs", "nginx.pid")) as f:
+                    self.nginx_pid = int(f.read().strip())
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        if not self.nginx_pid:
+            raise SystemExit("nginx did not write its pid file")
+        log("nginx %d on 127.0.0.1:%d, prefix %s" % (self.nginx_pid, self.nginx_port, self.prefix))
+
+    def nginx_cmd(self, *extra):
+        return [self.nginx_bin, "-p", self.prefix + "/", "-c", "conf/nginx.conf", *extra]
+
+    # ---------------------------------------------------------------- helpers
+
+    def time_left(self):
+        return self.deadline - time.monotonic()
+
+    def next_release(self, prefix="v"):
+        self.release_n += 1
+        return "%s%d" % (prefix, self.release_n)
+
+    def cutover(self, *args, timeout=120):
+        env = dict(os.environ)
+        env.pop("CUTOVER_CONFIG", None)
+        t = time.monotonic()
+        start_unix = time.time()
+        try:
+            p = subprocess.run([self.cutover_bin, "-c", self.config, *args], capture_output=True, text=True,
+                               timeout=timeout, env=env)
+            code, out, err = p.returncode, p.stdout, p.stderr
+        except subprocess.TimeoutExpired as e:
+            code, out, err = -1, e.stdout or "", "timed out after %ds" % timeout
+            out = out.decode() if isinstance(out, bytes) else out
+        wall = (time.monotonic() - t) * 1000.0
+        doc = None
+        if "--json" in args:
+            try:
+                doc = json.loads(out)
+            except ValueError:
+                doc = None
+        return {"code": code, "stdout": out, "stderr": err, "wall_ms": round(wall, 1), "json": doc,
+                "start_unix": start_unix, "end_unix": time.time()}
+
+    def state_pids(self):
+        try:
+            with open(os.path.join(self.dir, "state", "bench", "state.json")) as f:
+                s = json.load(f)
+        except (OSError, ValueError):
+            return []
+        pids = []
+        for d in (s.get("live"), s.get("previous"), (s.get("canary") or {}).get("deployment")):
+            for i in (d or {}).get("instances", []):
+                if i.get("pid"):
+                    pids.append(i["pid"])
+        for i in (s.get("in_progress") or {}).get("started", []) or []:
+            if isinstance(i, dict) and i.get("pid"):
+                pids.append(i["pid"])
+        return pids
+
+    def baseline_pids(self):
+        pids = []
+        d = os.path.join(self.dir, "baseline")
+        for name in os.listdir(d):
+            if name.endswith(".pid"):
+                try:
+                    with open(os.path.join(d, name)) as f:
+                        pids.append(int(f.read().strip()))
+                except (OSError, ValueError):
+                    pass
+        return pids
+
+    # ---------------------------------------------------------------- wrk
+
+    def start_wrk(self, mode, secs, label):
+        secs = max(10, int(min(secs, self.time_left() + 30)))
+        out = os.path.join(self.dir, "wrk", label + ".out")
+        cmd = ["wrk", "-t", str(self.a.threads), "-c", str(self.a.connections), "-d", "%ds" % secs,
+               "--timeout", self.a.wrk_timeout, "-s", LUA]
+        if mode == "close":
+            cmd += ["-H", "Connection: close"]
+        cmd.append("http://127.0.0.1:%d/" % self.nginx_port)
+        f = open(out, "w")
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        f.close()
+        self.children[p.pid] = ("wrk " + label, False)
+        time.sleep(self.a.warmup)
+        return {"proc": p, "out": out, "cmd": cmd, "secs": secs}
+
+    def stop_wrk(self, w):
+        time.sleep(self.a.cooldown)
+        p = w["proc"]
+        self.wrk_stop_unix = time.time()
+        ended_early = p.poll() is not None
+        if not ended_early:
+            p.send_signal(signal.SIGINT)  # wrk prints its summary (and our done()) on SIGINT
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.children.pop(p.pid, None)
+        with open(w["out"]) as f:
+            text = f.read()
+        m = re.search(r"^BENCH_RESULT (.*)$", text, re.M)
+        res = json.loads(m.group(1)) if m else None
+        if res is None:
+            self.notes.append("wrk output without BENCH_RESULT (%s):\n%s" % (w["out"], text[-2000:]))
+        if ended_early:
+            self.notes.append("wrk ran out of its -d %ds before the phase ended (%s)" % (w["secs"], w["out"]))
+        return res, ended_early, " ".join(w["cmd"])
+
+    # ---------------------------------------------------------------- evidence
+
+    def collect_logs(self, windows, wrk_stop=None):
+        """Non-2xx lines of the JSON access log since the last call (then truncated), and the new error-log
+        lines at warn level and above. windows: [(label, start_unix, end_unix)] to attribute each line;
+        wrk_stop: when wrk was told to stop (a 499 after it is wrk closing its connections, not a loss)."""
+        bad, by = [], {}
+        windows = sorted(windows, key=lambda w: w[1])
+        try:
+            with open(self.access_log) as f:
+                for line in f:
+                    if '"status":"200"' in line:
+                        continue
+                    try:
+                        d = json.loads(line)
+                    except ValueError:
+                        continue
+                    t = float(d.get("msec", 0))
+                    where, op = "before the first operation", None
+                    for label, s, e in windows:
+                        if s <= t <= e:
+                            where, op = "during a " + label.split()[0], label
+                            break
+                        if t > e:
+                            where, op = "after a %s, before the next" % label.split()[0], label
+                    if wrk_stop and t >= wrk_stop - 0.01 and d.get("status") == "499":
+                        where = "wrk being stopped (client closed its connections; not a lost request)"
+                    key = "%s upstream=%s upstream_status=%s %s" % (d.get("status"), d.get("upstream"),
+                                                                          d.get("upstream_status"), where)
+                    by[key] = by.get(key, 0) + 1
+                    if len(bad) < 20:
+                        d["when"] = where
+                        d["operation"] = op
+                        bad.append(d)
+            open(self.access_log, "w").close()  # nginx appends (O_APPEND): truncating is safe
+        except OSError:
+            pass
+        errors, counts, reloads = [], {}, 0
+        try:
+            with open(self.error_log) as f:
+                f.seek(self.error_log_offset)
+                text = f.read()
+                self.error_log_offset = f.tell()
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            m = re.match(r"(\S+ \S+) \[(\w+)\] \d+#\d+: (?:\*\d+ )?(.*)", line)
+            if not m:
+                continue
+            level = m.group(2)
+            counts[level] = counts.get(level, 0) + 1
+            if m.group(3) == "reconfiguring":  # the master's own line, once per reload
+                reloads += 1
+            if level in ("warn", "error", "crit", "alert", "emerg"):
+                msg = re.sub(r", client: .*?(, upstream: \"[^\"]*\")?, host: .*$", r"\1", m.group(3))
+                msg = re.sub(r"/\d{6,}\b", "/N", msg)  # numbered temp files
+                key = "[%s] %s" % (level, msg)
+                errors.append(line)
+                counts[key] = counts.get(key, 0) + 1
+        return {"nginx_reloads": reloads, "non_2xx_by": by, "non_2xx_sample": bad,
+                "error_log_counts": counts, "error_log_lines": errors[:30]}
+
+    # ---------------------------------------------------------------- phases
+
+    def record_phase(self, **kw):
+        self.phases.append(kw)
+        w = kw.get("wrk") or {}
+        e = w.get("errors", {})
+        log("phase %-9s %-10s %-24s requests=%s non2xx=%s errors c/r/w/t=%s/%s/%s/%s %s" % (
+            kw["tool"], kw["mode"], kw["what"], w.get("requests", "-"), w.get("non_2xx", "-"),
+            e.get("connect", "-"), e.get("read", "-"), e.get("write", "-"), e.get("timeout", "-"),
+            ("long ok/failed=%s/%s" % (kw["long_completed"], kw["long_failed"])) if "long_completed" in kw else ""))
+
+    def one_deploy(self, mode, strategy=None):
+        rel = self.next_release()
+        args = ["deploy", "--release", rel, "--json"]
+        if strategy:
+            args += ["--strategy", strategy]
+        r = self.cutover(*args, timeout=180)
+        rec = {"kind": "canary" if strategy == "canary" else "deploy", "mode": mode, "release": rel,
+               "code": r["code"], "wall_ms": r["wall_ms"], "start_unix": r["start_unix"], "end_unix": r["end_unix"]}
+        d = r["json"]
+        rec["stderr"] = r["stderr"][-3000:]
+        if r["code"] != 0 or not d:
+            log("cutover deploy %s exited %d: %s" % (rel, r["code"], r["stderr"].strip().splitlines()[-1:]))
+        if d:
+            steps = {}
+            for st in d.get("steps", []):
+                steps[st["name"]] = steps.get(st["name"], 0) + st["ms"]
+            rec["steps"] = [[st["name"], st["ms"]] for st in d.get("steps", [])]
+            rec["switch_ms"] = d.get("switch_ms")
+            rec["total_ms"] = d.get("total_ms")
+            rec["drained"] = d.get("drained")
+            if d.get("switch_ms") is not None:
+                rec["in_cutover_ms"] = d["switch_ms"] - sum(steps.get(k, 0) for k in ("validate", "reload", "drain"))
+            rec["healthy_unix_ms"] = d.get("healthy_unix_ms")
+            try:
+                inst = d["live"]["instances"][0]
+                with open(inst["log"]) as f:
+                    ms = [int(x) for x in re.findall(r"listening on \S+ \(pid \d+\) at unix_ms=(\d+)", f.read())]
+                if ms and d.get("healthy_unix_ms"):
+                    rec["listening_unix_ms"] = ms[-1]
+                    rec["notice_ms"] = d["healthy_unix_ms"] - ms[-1]
+            except (KeyError, IndexError, TypeError, OSError):
+                pass
+            if d.get("healthy_unix_ms"):
+                rec["flip_unix"] = (d["healthy_unix_ms"] + sum(steps.get(k, 0) for k in ("write", "validate",
+                                                                                           "reload"))) / 1000.0
+        self.deploys.append(rec)
+        return rec, r
+
+    def cutover_deploys(self, mode, label):
+        n = self.a.deploys
+        w = self.start_wrk(mode, n * 15 + 20, "cutover-deploy-" + mode)
+        recs = []
+        for i in range(n):
+            if self.time_left() < 60:
+                self.notes.append("time budget: cutover %s deploys stopped after %d" % (mode, i))
+                break
+            rec, _ = self.one_deploy(mode)
+            recs.append(rec)
+            time.sleep(self.a.gap)
+        res, early, cmd = self.stop_wrk(w)
+        ev = self.collect_logs([("deploy " + r["release"], r["start_unix"], r["end_unix"]) for r in recs],
+                               self.wrk_stop_unix)
+        self.record_phase(tool="cutover", mode=mode, what="%d blue/green deploys" % len(recs), ops=len(recs),
+                          ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=res, wrk_cmd=cmd,
+                          wrk_ended_early=early, evidence=ev)
+
+    def floor(self, mode):
+        n = self.a.deploys
+        w = self.start_wrk(mode, n * 2 + 20, "floor-" + mode)
+        windows = []
+        for i in range(n):
+            s = time.time()
+            subprocess.run(self.nginx_cmd("-s", "reload"), capture_output=True)
+            time.sleep(0.3)
+            windows.append(("reload %d" % (i + 1), s, time.time()))
+            time.sleep(self.a.gap)
+        res, early, cmd = self.stop_wrk(w)
+        ev = self.collect_logs(windows, self.wrk_stop_unix)
+        self.record_phase(tool="nginx", mode=mode, what="%d plain reloads (floor)" % n, ops=n, ok_ops=n, wrk=res,
+                          wrk_cmd=cmd, wrk_ended_early=early, evidence=ev)
+
+    def rollbacks(self, mode):
+        self.write_config(keep_previous=True)
+        # Not measured: one deploy without load so that the previous release is left running for the flips.
+        rec, _ = self.one_deploy(mode + "-prep")
+        rec["kind"] = "prep"
+        self.collect_logs([])
+        w = self.start_wrk(mode, self.a.rollbacks * 10 + self.a.status_runs * 3 + 20, "cutover-rollback-" + mode)
+        windows, recs = [], []
+        for i in range(self.a.rollbacks):
+            r = self.cutover("rollback", "--json", timeout=120)
+            rec = {"kind": "rollback", "mode": mode, "code": r["code"], "wall_ms": r["wall_ms"],
+                   "start_unix": r["start_unix"], "end_unix": r["end_unix"]}
+            if r["json"]:
+                rec["steps"] = [[st["name"], st["ms"]] for st in r["json"].get("steps", [])]
+                rec["release"] = r["json"].get("release")
+                rec["switch_ms"] = r["json"].get("switch_ms")
+            if r["code"] != 0:
+                rec["stderr"] = r["stderr"][-3000:]
+                log("cutover rollback exited %d: %s" % (r["code"], r["stderr"].strip().splitlines()[-1:]))
+            self.deploys.append(rec)
+            recs.append(rec)
+            windows.append(("rollback %d" % (i + 1), r["start_unix"], r["end_unix"]))
+            time.sleep(self.a.gap)
+        for _ in range(self.a.status_runs):
+            r = self.cutover("status", "--json", timeout=60)
+            if r["code"] == 0:
+                self.status_ms.append({"mode": mode, "wall_ms": r["wall_ms"]})
+            else:
+                self.notes.append("cutover status exited %d: %s" % (r["code"], r["stderr"][-500:]))
+        res, early, cmd = self.stop_wrk(w)
+        ev = self.collect_logs(windows, self.wrk_stop_unix)
+        self.record_phase(tool="cutover", mode=mode,
+                          what="%d rollbacks (+%d status)" % (len(recs), self.a.status_runs), ops=len(recs),
+                          ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=res, wrk_cmd=cmd,
+                          wrk_ended_early=early, evidence=ev)
+        self.write_config(keep_previous=False)
+
+    def canaries(self, mode):
+        if self.a.skip_canary:
+            self.canary_state = "skipped (--skip-canary)"
+            return
+        if self.canary_state.startswith("not available"):
+            return
+        self.write_config(keep_previous=True)
+        w = self.start_wrk(mode, self.a.canaries * 30 + 20, "cutover-canary-" + mode)
+        recs = []
+        for i in range(self.a.canaries):
+            if self.time_left() < 60:
+                self.notes.append("time budget: canaries (%s) stopped after %d" % (mode, i))
+                break
+            rec, r = self.one_deploy(mode, strategy="canary")
+            recs.append(rec)
+            if r["code"] != 0:
+                last = (r["stderr"].strip().splitlines() or [""])[-1]
+                self.canary_failures.append("%s %s exit %d: %s" % (mode, rec["release"], r["code"], last))
+                if r["code"] == 2 or "not available" in r["stderr"]:
+                    self.canary_state = "not available: cutover deploy --strategy canary exited %d: %s" % (
+                        r["code"], last)
+                    break
+            time.sleep(self.a.gap)
+        res, early, cmd = self.stop_wrk(w)
+        ev = self.collect_logs([("canary " + r["release"], r["start_unix"], r["end_unix"]) for r in recs],
+                               self.wrk_stop_unix)
+        ok = sum(1 for r in recs if r["code"] == 0)
+        self.canary_ok += ok
+        self.canary_runs += len(recs)
+        if not self.canary_state.startswith("not available"):
+            self.canary_state = "%d of %d canaries (steps 10/50/100, interval 1s) exited 0%s" % (
+                self.canary_ok, self.canary_runs,
+                ("; failures: " + " | ".join(self.canary_failures)) if self.canary_failures else "")
+        self.record_phase(tool="cutover", mode=mode, what="%d canaries 10/50/100 %%" % len(recs), ops=len(recs),
+                          ok_ops=ok, wrk=res, wrk_cmd=cmd, wrk_ended_early=early, evidence=ev)
+        self.write_config(keep_previous=False)
+
+    def long_client(self):
+        a = self.a
+        cmd = [sys.executable, LONGREQ, "--port", str(self.nginx_port), "--slow", str(a.long_slow),
+               "--slow-ms", "3000", "--uploads", str(a.long_uploads), "--upload-secs", "2.5"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.children[p.pid] = ("longreq", False)
+        return p
+
+    def long_result(self, p, flip_unix):
+        try:
+            out, err = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        self.children.pop(p.pid, None)
+        try:
+            d = json.loads(out)
+        except ValueError:
+            d = {"completed": 0, "failed": a_count(self.a), "requests": [], "error": err[-1000:]}
+        inflight = sum(1 for r in d.get("requests", []) if flip_unix and r["start"] < flip_unix < r["end"])
+        d["in_flight_at_flip"] = inflight
+        return d
+
+    def long_phase(self, tool):
+        n = self.a.long_deploys
+        recs, windows = [], []
+        completed = failed = inflight = total = 0
+        for i in range(n):
+            if self.time_left() < 45:
+                self.notes.append("time budget: %s long-request deploys stopped after %d" % (tool, i))
+                break
+            p = self.long_client()
+            time.sleep(0.3)
+            if tool == "cutover":
+                rec, _ = self.one_deploy("long")
+                flip = rec.get("flip_unix")
+                label = "deploy " + rec["release"]
+            else:
+                rec = self.baseline_switch("long")
+                flip = rec["end_unix"]
+                label = "switch " + rec["release"]
+            d = self.long_result(p, flip)
+            rec["long"] = {k: d[k] for k in ("completed", "failed", "in_flight_at_flip")}
+            rec["long"]["failures"] = [r for r in d.get("requests", []) if not r.get("ok")]
+            completed += d["completed"]
+            failed += d["failed"]
+            inflight += d["in_flight_at_flip"]
+            total += len(d.get("requests", []))
+            recs.append(rec)
+            windows.append((label, rec["start_unix"], time.time()))
+            time.sleep(self.a.gap)
+        ev = self.collect_logs(windows)
+        self.record_phase(tool=tool, mode="long", what="%d deploys, %d long req each" % (
+            len(recs), self.a.long_slow + self.a.long_uploads), ops=len(recs),
+            ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=None, long_completed=completed,
+            long_failed=failed, long_in_flight_at_flip=inflight, long_total=total, evidence=ev)
+
+    # ---------------------------------------------------------------- baseline
+
+    def baseline_env(self):
+        env = dict(os.environ)
+        env.update({
+            "BASE_DIR": os.path.join(self.dir, "baseline"),
+            "PORTS": "%d %d" % tuple(self.base_ports),
+            "FIXTURE": FIXTURE,
+            "UPSTREAM_FILE": self.upstream,
+            "NGINX_BIN": self.nginx_bin,
+            "NGINX_PREFIX": self.prefix + "/",
+            "NGINX_CONF": "conf/nginx.conf",
+            "SLEEP_SECS": str(self.a.baseline_sleep),
+        })
+        return env
+
+    def baseline_switch(self, mode):
+        rel = self.next_release("b")
+        t = time.monotonic()
+        s = time.time()
+        p = subprocess.Popen(["bash", SWITCH, rel], env=self.baseline_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.children[p.pid] = ("switch.sh", True)
+        try:
+            out, _ = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            signal_pid(p.pid, signal.SIGKILL, group=True)
+            out, _ = p.communicate()
+        self.children.pop(p.pid, None)
+        rec = {"kind": "baseline", "mode": mode, "release": rel, "code": p.returncode,
+               "wall_ms": round((time.monotonic() - t) * 1000.0, 1), "start_unix": s, "end_unix": time.time()}
+        if p.returncode != 0:
+            rec["output"] = out[-2000:]
+            log("switch.sh %s exited %d: %s" % (rel, p.returncode, out.strip()[-300:]))
+        self.baseline_runs.append(rec)
+        return rec
+
+    def baseline_takeover(self):
+        """switch.sh takes the same nginx over from cutover (no load), then cutover's apps are stopped."""
+        rec = self.baseline_switch("takeover")
+        rec["kind"] = "takeover"
+        if rec["code"] != 0:
+            raise SystemExit("baseline switch.sh could not take over: %s" % rec.get("output"))
+        time.sleep(1.0)  # no load now; let nginx's old workers go before stopping cutover's release
+        for pid in self.state_pids():
+            stop_pid(pid, group=True)
+        self.collect_logs([])
+
+    def baseline_deploys(self, mode):
+        n = self.a.deploys
+        w = self.start_wrk(mode, n * (self.a.baseline_sleep + 10) + 20, "baseline-deploy-" + mode)
+        recs = []
+        for i in range(n):
+            if self.time_left() < 45:
+                self.notes.append("time budget: baseline %s deploys stopped after %d" % (mode, i))
+                break
+            recs.append(self.baseline_switch(mode))
+            time.sleep(self.a.gap)
+        res, early, cmd = self.stop_wrk(w)
+        ev = self.collect_logs([("switch " + r["release"], r["start_unix"], r["end_unix"]) for r in recs],
+                               self.wrk_stop_unix)
+        self.record_phase(tool="baseline", mode=mode, what="%d switch.sh deploys" % len(recs), ops=len(recs),
+                          ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=res, wrk_cmd=cmd,
+                          wrk_ended_early=early, evidence=ev)
+
+    # ---------------------------------------------------------------- run
+
+    def run(self):
+        a = self.a
+        log("temp dir %s; nginx port %d; cutover pool %s; baseline ports %s" % (
+            self.dir, self.nginx_port, self.pool, self.base_ports))
+        self.write_config(keep_previous=False)
+        self.start_nginx()
+        rec, r = self.one_deploy("setup")
+        rec["kind"] = "setup"
+        if rec["code"] != 0:
+            raise SystemExit("the first deploy failed:\n" + r["stderr"])
+        # Sanity: the long-request client works through nginx when nothing is deployed meanwhile.
+        p = self.long_client()
+        d = self.long_result(p, None)
+        self.sanity = {"completed": d["completed"], "failed": d["failed"],
+                       "failures": [x for x in d.get("requests", []) if not x.get("ok")]}
+        if d["failed"]:
+            self.notes.append("sanity: long requests failed WITHOUT any deploy: %s" % self.sanity["failures"])
+        self.collect_logs([])
+        for mode, _ in MODES:
+            self.cutover_deploys(mode, mode)
+            self.floor(mode)
+            self.rollbacks(mode)
+            self.canaries(mode)
+        self.long_phase("cutover")
+        self.baseline_takeover()
+        for mode, _ in MODES:
+            self.baseline_deploys(mode)
+        self.long_phase("baseline")
+
+    def cleanup(self):
+        for pid, (desc, group) in list(self.children.items()):
+            signal_pid(pid, signal.SIGKILL, group)
+        for pid in self.state_pids() + self.baseline_pids():
+            stop_pid(pid, group=True, grace=3)
+        pid = getattr(self, "nginx_pid", None)
+        if pid and pid_alive(pid):
+            signal_pid(pid, signal.SIGQUIT)
+            end = time.monotonic() + 5
+            while time.monotonic() < end and pid_alive(pid):
+                time.sleep(0.05)
+            if pid_alive(pid):
+                signal_pid(pid, signal.SIGTERM)
+                time.sleep(1)
+        if os.environ.get("KEEP") == "1":
+            log("KEEP=1: kept %s" % self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ---------------------------------------------------------------- report
+
+    def summary(self):
+        dep = [d for d in self.deploys if d["kind"] == "deploy" and d["mode"] in ("close", "keepalive")
+               and d["code"] == 0]
+        by_mode = {m: [d for d in dep if d["mode"] == m] for m, _ in MODES}
+        rb = [d for d in self.deploys if d["kind"] == "rollback" and d["code"] == 0]
+
+        def block(key, rows):
+            return {"all": stats([d.get(key) for d in rows]),
+                    **{m: stats([d.get(key) for d in rows if d["mode"] == m]) for m, _ in MODES}}
+
+        t = {
+            "a_switch_ms": block("switch_ms", dep),
+            "b_in_cutover_ms": block("in_cutover_ms", dep),
+            "c_rollback_wall_ms": block("wall_ms", rb),
+            "d_listening_to_noticed_ms": block("notice_ms", dep),
+            "e_status_wall_ms": {"all": stats([s["wall_ms"] for s in self.status_ms]),
+                                 **{m: stats([s["wall_ms"] for s in self.status_ms if s["mode"] == m])
+                                    for m, _ in MODES}},
+            "cutover_deploy_wall_ms": block("wall_ms", dep),
+            "canary_wall_ms": block("wall_ms", [d for d in self.deploys if d["kind"] == "canary"
+                                                and d["code"] == 0]),
+            "baseline_switch_wall_ms": {"all": stats([b["wall_ms"] for b in self.baseline_runs
+                                                      if b["mode"] in ("close", "keepalive") and b["code"] == 0]),
+                                        **{m: stats([b["wall_ms"] for b in self.baseline_runs
+                                                     if b["mode"] == m and b["code"] == 0]) for m, _ in MODES}},
+            "long_mode_switch_ms": {"all": stats([d.get("switch_ms") for d in self.deploys
+                                                  if d["mode"] == "long" and d["code"] == 0])},
+        }
+        return t
+
+    def render(self, elapsed):
+        m = self.machine
+        a = self.a
+        t = self.summary()
+        L = []
+        L.append("# cutover benchmark: zero downtime under load vs a naive switch.sh")
+        L.append("")
+        L.append("- machine: %s cores, %s, kernel %s; nginx %s; %s; python %s; %s" % (
+            m["nproc"], m["cpu"], m["kernel"], m["nginx"], m["wrk"].split(" Copyright")[0], m["python"],
+            m["cutover"]))
+        L.append("- run: %s, %.0f s%s; load: wrk -t %d -c %d --timeout %s through a private nginx "
+                 "(worker_processes 2) on 127.0.0.1 to fixtures/app.py" % (
+                     self.started_at, elapsed, (" (+ %.0f s cargo build)" % a.build_secs) if a.build_secs else "",
+                     a.threads, a.connections, a.wrk_timeout))
+        L.append("- nginx %s %s 1.27.4: %s" % (
+            m["nginx"], ">=" if self.keepalive_min_timeout else "<",
+            "keepalive_min_timeout 1s set, the keep-alive floor should be 0" if self.keepalive_min_timeout else
+            "no keepalive_min_timeout, so an idle keep-alive connection can be reset at any reload; the "
+            "'nginx reload only' rows measure that floor"))
+        L.append("- cutover: blue/green with deploy.keep_previous = false (drains, then stops the old release); "
+                 "rollbacks with keep_previous = true (a flip); health checks at cutover's defaults "
+                 "(interval 250ms, 2 successes)")
+        L.append("- baseline: examples/bench/baseline/switch.sh: start on the other port, sleep %ss, poll /health "
+                 "with curl, heredoc upstream, nginx -s reload, kill old PID at once" % a.baseline_sleep)
+        L.append("- long mode: before each deploy, %d x GET /slow?ms=3000 and %d x POST /upload (64 KiB sent over "
+                 "2.5 s), no wrk; failed = connection error or non-2xx; 'in flight' = started before the flip and "
+                 "ended after it" % (a.long_slow, a.long_uploads))
+        L.append("- canary phase: %s" % self.canary_state)
+        L.append("")
+        L.append("| tool | client mode | what | ops ok | nginx reloads | requests | non-2xx | socket errors "
+                 "connect/read/write/timeout | long completed/failed (in flight at flip) |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        names = {"close": "Connection: close", "keepalive": "keep-alive", "long": "long requests"}
+        tools = {"cutover": "cutover", "baseline": "baseline switch.sh", "nginx": "nginx reload only (floor)"}
+        for p in self.phases:
+            w = p.get("wrk")
+            if w:
+                e = w["errors"]
+                req, non = str(w["requests"]), str(w["non_2xx"])
+                sock = "%d/%d/%d/%d" % (e["connect"], e["read"], e["write"], e["timeout"])
+            elif p["mode"] == "long":
+                req, non, sock = "-", "-", "-"
+            else:
+                req, non, sock = "?", "?", "? (no wrk result)"
+            lng = ("%d/%d (%d of %d)" % (p["long_completed"], p["long_failed"], p["long_in_flight_at_flip"],
+                                         p["long_total"])) if "long_completed" in p else "-"
+            L.append("| %s | %s | %s | %d/%d | %d | %s | %s | %s | %s |" % (
+                tools[p["tool"]], names[p["mode"]], p["what"], p["ok_ops"], p["ops"], p["evidence"]["nginx_reloads"],
+                req, non, sock, lng))
+        L.append("")
+        L.append("cutover timings in ms, median / max (n). (a), (b), (d): the successful blue/green deploys under "
+                 "load; (d) runs from the app logging 'listening' (not from its first 200 on /health) to cutover "
+                 "having seen its 2 passing health checks:")
+        L.append("")
+        L.append("| metric | Connection: close | keep-alive | all |")
+        L.append("|---|---|---|---|")
+
+        def cell(s):
+            return "-" if not s["n"] else "%s / %s (%d)" % (fmt(s["median"]), fmt(s["max"]), s["n"])
+
+        rows = [
+            ("(a) switch_ms: new release healthy -> traffic on it, old nginx workers gone", "a_switch_ms"),
+            ("(b) of which inside cutover (switch_ms - validate - reload - drain)", "b_in_cutover_ms"),
+            ("(c) rollback wall time (flip, keep_previous)", "c_rollback_wall_ms"),
+            ("(d) app 'listening' log line -> cutover noticed healthy (healthy_unix_ms - unix_ms)",
+             "d_listening_to_noticed_ms"),
+            ("(e) cutover status wall time", "e_status_wall_ms"),
+            ("cutover deploy wall time (start -> old release stopped)", "cutover_deploy_wall_ms"),
+            ("cutover canary wall time (steps 10/50/100, 1 s holds)", "canary_wall_ms"),
+            ("baseline switch.sh wall time (for comparison)", "baseline_switch_wall_ms"),
+        ]
+        for label, k in rows:
+            v = t[k]
+            L.append("| %s | %s | %s | %s |" % (label, cell(v["close"]), cell(v["keepalive"]), cell(v["all"])))
+        lm = t["long_mode_switch_ms"]["all"]
+        L.append("| switch_ms in long mode (drain waits for the 3 s requests) | | | %s |" % cell(lm))
+        L.append("")
+        floor = {p["mode"]: p for p in self.phases if p["tool"] == "nginx"}
+        cut = {p["mode"]: p for p in self.phases if p["tool"] == "cutover" and "blue/green" in p["what"]}
+        for mode, name in MODES:
+            if mode in floor and mode in cut and floor[mode].get("wrk") and cut[mode].get("wrk"):
+                fe, ce = floor[mode]["wrk"]["errors"], cut[mode]["wrk"]["errors"]
+                L.append("- %s socket errors: cutover %d deploys (%d nginx reloads) = %d; %d plain nginx reloads "
+                         "(floor) = %d" % (
+                             name, cut[mode]["ops"], cut[mode]["evidence"]["nginx_reloads"],
+                             sum(ce[k] for k in ("connect", "read", "write", "timeout")),
+                             floor[mode]["evidence"]["nginx_reloads"],
+                             sum(fe[k] for k in ("connect", "read", "write", "timeout"))))
+        for mode, name in MODES:
+            ph = [p for p in self.phases if p["tool"] == "cutover" and p["mode"] == mode and p.get("wrk")]
+            if ph:
+                e = sum(p["wrk"]["errors"][k] for p in ph for k in ("connect", "read", "write", "timeout"))
+                r = sum(p["evidence"]["nginx_reloads"] for p in ph)
+                f = floor.get(mode)
+                fr = f["evidence"]["nginx_reloads"] if f else 0
+                fe = sum(f["wrk"]["errors"][k] for k in ("connect", "read", "write", "timeout")) if f and \
+                    f.get("wrk") else 0
+                L.append("- %s, all cutover phases: %d socket errors over %d nginx reloads (%.2f per reload); "
+                         "floor: %.2f per reload" % (name, e, r, e / r if r else 0, fe / fr if fr else 0))
+        if not self.keepalive_min_timeout:
+            L.append("- why keep-alive clients see read errors at all: at every reload, ~100 ms after the SIGHUP, "
+                     "nginx < 1.27.4 tells its old workers to quit and they close their idle keep-alive connections "
+                     "at once; a client whose next request is already on the way gets EOF/reset. Requests in flight "
+                     "are answered with 'Connection: close' instead. These requests never reach nginx's access log "
+                     "or the app. `python3 examples/bench/keepalive_diag.py` times each one against the reloads.")
+        lost = []
+        for p in self.phases:
+            if p["tool"] != "cutover":
+                continue
+            w = p.get("wrk") or {}
+            e = w.get("errors", {})
+            n = w.get("non_2xx", 0) + sum(e.get(k, 0) for k in ("connect", "read", "write", "timeout"))
+            if n or p.get("long_failed"):
+                by = [(k, v) for k, v in p["evidence"]["non_2xx_by"].items() if "wrk being stopped" not in k]
+                lost.append("- cutover %s, %s: %d non-2xx, socket errors %s, long failed %s; nginx reloads %d; "
+                            "non-2xx in nginx's access log: %s; nginx error log: %s" % (
+                                names[p["mode"]], p["what"], w.get("non_2xx", 0),
+                                "/".join(str(e.get(k, "-")) for k in ("connect", "read", "write", "timeout")),
+                                p.get("long_failed", "-"), p["evidence"]["nginx_reloads"],
+                                "; ".join("%s x%d" % kv for kv in by[:5]) or "none",
+                                "; ".join("%s x%d" % (k, v) for k, v in p["evidence"]["error_log_counts"].items()
+                                          if k.startswith("[")) or "nothing at warn or above"))
+        if lost:
+            L.append("")
+            L.append("Requests cutover did not answer with 2xx (details in latest.json, phases[].evidence):")
+            L.extend(lost)
+        if self.notes:
+            L.append("")
+            L.append("Notes:")
+            L.extend("- " + n.replace("\n", " ")[:600] for n in self.notes)
+        return "\n".join(L) + "\n", t
+
+
+def fmt(x):
+    if x is None:
+        return "-"
+    return ("%.0f" % x) if abs(x) >= 10 else ("%.1f" % x)
+
+
+def a_count(a):
+    return a.long_slow + a.long_uploads
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cutover", default=os.path.join(ROOT, "target", "release", "cutover"))
+    p.add_argument("--skip-canary", action="store_true", help="skip the canary phase")
+    p.add_argument("--deploys", type=int, default=20, help="blue/green deploys per client mode (and floor reloads)")
+    p.add_argument("--rollbacks", type=int, default=5)
+    p.add_argument("--canaries", type=int, default=5)
+    p.add_argument("--status-runs", type=int, default=10, help="cutover status runs per client mode")
+    p.add_argument("--long-deploys", type=int, default=5)
+    p.add_argument("--long-slow", type=int, default=3, help="GET /slow?ms=3000 per long-mode deploy")
+    p.add_argument("--long-uploads", type=int, default=2, help="slow uploads per long-mode deploy")
+    p.add_argument("--threads", type=int, default=2, help="wrk -t")
+    p.add_argument("--connections", type=int, default=16, help="wrk -c")
+    p.add_argument("--wrk-timeout", default="5s", help="wrk --timeout")
+    p.add_argument("--gap", type=float, default=0.5, help="seconds between two deploys")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before the first deploy of a phase")
+    p.add_argument("--cooldown", type=float, default=1.0, help="seconds of load after the last one")
+    p.add_argument("--baseline-sleep", type=float, default=2, help="switch.sh's fixed sleep before polling")
+    p.add_argument("--max-secs", type=float, default=540, help="time budget; phases stop early past it")
+    p.add_argument("--build-secs", type=float, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=RESULTS, help="directory for latest.md and latest.json")
+    a = p.parse_args()
+    if not os.path.exists(a.cutover):
+        raise SystemExit("no cutover binary at %s (cargo build --release --locked)" % a.cutover)
+
+    b = Bench(a)
+
+    def on_signal(sig, _frame):
+        raise KeyboardInterrupt("signal %d" % sig)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    failed = None
+    try:
+        b.run()
+    except (KeyboardInterrupt, SystemExit, Exception) as e:  # still report what was measured
+        failed = "%s: %s" % (type(e).__name__, e)
+        log("stopped: " + failed)
+        b.notes.append("run stopped early: " + failed)
+    finally:
+        b.cleanup()
+    elapsed = time.monotonic() - b.t0
+    md, timings = b.render(elapsed)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "latest.md"), "w") as f:
+        f.write(md)
+    doc = {
+        "machine": b.machine, "started_at": b.started_at, "elapsed_s": round(elapsed, 1),
+        "build_s": a.build_secs, "settings": {k: v for k, v in vars(a).items() if k not in ("out",)},
+        "nginx_keepalive_min_timeout": getattr(b, "keepalive_min_timeout", None),
+        "canary": b.canary_state, "sanity_long_requests": getattr(b, "sanity", None),
+        "timings_ms": timings, "phases": b.phases, "cutover_operations": b.deploys,
+        "baseline_operations": b.baseline_runs, "status_runs": b.status_ms, "notes": b.notes,
+        "stopped_early": failed,
+    }
+    with open(os.path.join(a.out, "latest.json"), "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    sys.stdout.write("\n" + md)
+    sys.stdout.write("\nwritten: %s, %s (%.0f s)\n" % (os.path.join(a.out, "latest.md"),
+                                                      os.path.join(a.out, "latest.json"), elapsed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# cutover benchmark: zero downtime and speed under real load (wrk through a private nginx), against the naive
+# switch.sh in examples/bench/baseline/. Everything runs on 127.0.0.1 under a temp dir; nothing touches a system
+# nginx. Results: examples/bench/results/latest.md and latest.json (and the table on stdout).
+#
+#   bash examples/bench/run.sh [--skip-canary] [--deploys 20] [--connections 16] ...   (see bench.py --help)
+#   KEEP=1 keeps the temp dir (nginx logs, app logs, wrk output).
+#
+# Installs wrk, nginx, python3 and curl with apt-get when missing (sudo only when not root), builds
+# `cargo build --release --locked`, then runs examples/bench/bench.py with target/release/cutover.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ "${#need[@]}" -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing: ${need[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again" >&2
+    exit 1
+fi
+build_start=$SECONDS
+cargo build --release --locked
+build_secs=$((SECONDS - build_start))
+
+exec python3 examples/bench/bench.py --cutover target/release/cutover --build-secs "$build_secs" "$@"
