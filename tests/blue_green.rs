@@ -584,3 +584,37 @@ fn a_deploy_killed_during_its_drain_leaves_state_true_and_the_next_run_finishes_
     assert_eq!(env.serving(), "v1");
     assert_eq!(long.join().unwrap().unwrap().0, 200, "the long request finished");
 }
+
+#[test]
+fn the_app_survives_a_hangup_and_a_kill_of_the_deploying_jobs_process_group() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    // Like a CI job step or an SSH session: a shell in a process group of its own runs cutover and lives on;
+    // the runner then hangs up and kills that whole group, as runners do to clean up after a job.
+    let script = format!(
+        "{} -c {} deploy --release v1 2>/dev/null; sleep 30",
+        env!("CARGO_BIN_EXE_cutover"),
+        env.config.display()
+    );
+    let mut job = Command::new("sh").arg("-c").arg(script).process_group(0).spawn().unwrap();
+    let state_file = env.path().join("state/shop/state.json");
+    let done = || {
+        let Ok(text) = std::fs::read_to_string(&state_file) else { return false };
+        let s: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        s["live"]["release"] == "v1" && s["in_progress"].is_null()
+    };
+    assert!(wait_until(Duration::from_secs(20), done), "v1 never went live");
+    let pid = env.state()["live"]["instances"][0]["pid"].as_i64().unwrap() as i32;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let (pgid, sid): (i32, i32) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
+    assert_eq!((pgid, sid), (pid, pid), "the app leads its own session and process group");
+    let group = job.id() as i32;
+    for sig in [1, 9] {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg("--").arg(format!("-{group}")).status();
+    }
+    let _ = job.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(pid_alive(pid), "the app died with the job's process group");
+    assert_eq!(env.serving(), "v1");
+}
