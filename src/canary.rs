@@ -173,7 +173,14 @@ fn start(
         op.upstream_touched = true;
     }
     ctx.store.save(state)?;
-    let old_workers = match transaction::apply_upstream(ctx, master, plan.upstream_before.as_deref(), &text, progress) {
+    let old_workers = match transaction::apply_upstream(
+        ctx,
+        master,
+        plan.upstream_before.as_deref(),
+        &text,
+        state.generation + 1,
+        progress,
+    ) {
         Ok(w) => w,
         Err(e) => {
             launched.stop(ctx, progress);
@@ -312,14 +319,15 @@ pub fn set_weight(ctx: &Ctx, state: &mut State, pct: u8, step: Option<usize>, pr
     let before = ctx.read_upstream()?;
     transaction::begin_op(ctx, state, "canary-step", &c.deployment.release, before.clone())?;
     touch(ctx, state)?;
-    let old_workers = match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, progress) {
-        Ok(w) => w,
-        Err(e) => {
-            state.in_progress = None;
-            ctx.store.save(state)?;
-            return Err(e.context(format!("the canary stays at {}%", c.weight)));
-        }
-    };
+    let old_workers =
+        match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, state.generation + 1, progress) {
+            Ok(w) => w,
+            Err(e) => {
+                state.in_progress = None;
+                ctx.store.save(state)?;
+                return Err(e.context(format!("the canary stays at {}%", c.weight)));
+            }
+        };
     state.generation += 1;
     state.upstream = Some(text);
     if let Some(cs) = &mut state.canary {
@@ -370,14 +378,15 @@ pub fn finish(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<O
     transaction::begin_op(ctx, state, "promote", &new_live.release, before.clone())?;
     touch(ctx, state)?;
     let t = Instant::now();
-    let old_workers = match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, progress) {
-        Ok(w) => w,
-        Err(e) => {
-            state.in_progress = None;
-            ctx.store.save(state)?;
-            return Err(e.context(format!("the canary stays at {}%", c.weight)));
-        }
-    };
+    let old_workers =
+        match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, state.generation + 1, progress) {
+            Ok(w) => w,
+            Err(e) => {
+                state.in_progress = None;
+                ctx.store.save(state)?;
+                return Err(e.context(format!("the canary stays at {}%", c.weight)));
+            }
+        };
     // An older previous release goes; the release that was stable is kept idle or stopped.
     let mut stop: Vec<Instance> =
         state.previous.iter().flat_map(|d| d.instances.iter()).filter(|i| proc::alive(i)).cloned().collect();
@@ -432,14 +441,15 @@ pub fn abort(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<Ve
         op.started = c.deployment.instances.clone();
     }
     touch(ctx, state)?;
-    let old_workers = match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, progress) {
-        Ok(w) => w,
-        Err(e) => {
-            state.in_progress = None;
-            ctx.store.save(state)?;
-            return Err(e.context(format!("the canary stays at {}%", c.weight)));
-        }
-    };
+    let old_workers =
+        match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, state.generation + 1, progress) {
+            Ok(w) => w,
+            Err(e) => {
+                state.in_progress = None;
+                ctx.store.save(state)?;
+                return Err(e.context(format!("the canary stays at {}%", c.weight)));
+            }
+        };
     state.generation += 1;
     state.upstream = Some(text);
     state.canary = None;

@@ -103,6 +103,9 @@ pub struct Nginx {
     #[serde(default)]
     pub reload: Reload,
     pub template: Option<PathBuf>,
+    /// A URL on nginx whose body is the upstream file's generation marker (`$cutover_<app>_generation`); when set,
+    /// a reload counts only once nginx answers it with the new generation.
+    pub confirm_url: Option<ConfirmUrl>,
     /// How long a reload may take to show new workers before it counts as not applied.
     #[serde(default = "defaults::confirm_timeout")]
     pub confirm_timeout: Dur,
@@ -506,6 +509,29 @@ impl std::str::FromStr for HttpPath {
 }
 
 impl fmt::Display for HttpPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `http://HOST[:PORT]/PATH`: printable ASCII, no spaces (nginx answers it; cutover only reads it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmUrl(pub String);
+from_str_de!(ConfirmUrl);
+
+impl std::str::FromStr for ConfirmUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rest = s.strip_prefix("http://").unwrap_or("");
+        if !rest.is_empty() && !rest.starts_with('/') && s.chars().all(|c| c.is_ascii_graphic()) {
+            Ok(ConfirmUrl(s.into()))
+        } else {
+            Err(format!("invalid nginx.confirm_url {s:?}: use http://HOST[:PORT]/PATH, e.g. http://127.0.0.1/.cutover"))
+        }
+    }
+}
+
+impl fmt::Display for ConfirmUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }

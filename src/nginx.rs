@@ -204,6 +204,40 @@ impl Nginx {
         }
     }
 
+    /// With `nginx.confirm_url`: wait until nginx answers it with `generation`, i.e. until requests are served
+    /// by the file just written. Old workers keep accepting for a moment after a reload, so early answers may
+    /// still carry the previous generation.
+    pub fn confirm_generation(&self, generation: u64) -> Result<()> {
+        let Some(url) = &self.cfg.confirm_url else { return Ok(()) };
+        let started = Instant::now();
+        let timeout = self.cfg.confirm_timeout.0;
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(1)).max_idle_connections(0).build();
+        let want = generation.to_string();
+        let mut last;
+        loop {
+            last = match agent.get(&url.0).call() {
+                Ok(r) => match r.into_string() {
+                    Ok(body) if body.trim() == want => return Ok(()),
+                    Ok(body) => format!("it answered {:?}", body.trim().chars().take(40).collect::<String>()),
+                    Err(e) => format!("could not read its answer: {e}"),
+                },
+                Err(ureq::Error::Status(code, _)) => format!("it answered status {code}"),
+                Err(e) => format!("GET failed: {e}"),
+            };
+            if started.elapsed() >= timeout {
+                return Err(Failure::error(
+                    NGINX,
+                    format!(
+                        "nginx did not serve the new upstream: after {} {url} should answer generation {want}, but {last} \
+                         (the site behind nginx.confirm_url must return $cutover_<app>_generation from the file cutover writes)",
+                        humantime::format_duration(timeout)
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The last lines of nginx's error log, when the config names one cutover can read.
     fn error_log_tail(&self) -> String {
         let Ok(dump) = self.dump() else { return String::new() };

@@ -57,6 +57,7 @@ pub fn view(config: &Config, generation: u64, live: Option<&Deployment>, canary:
     let app = config.app.name.to_string();
     View {
         log_format: format!("cutover_{app}"),
+        vars: var_prefix(config),
         routing: routing(config, live, canary),
         app: app.clone(),
         upstream: app,

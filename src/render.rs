@@ -61,6 +61,8 @@ pub struct View {
     pub app: String,
     /// The upstream's name: the app name.
     pub upstream: String,
+    /// The prefix of the nginx variables cutover defines: `cutover_shop` (`-` in the app name becomes `_`).
+    pub vars: String,
     /// The name of the JSON access-log format the site writes for canary analysis: `cutover_<app>`.
     pub log_format: String,
     pub generation: u64,
@@ -114,6 +116,7 @@ mod tests {
             app: "shop".into(),
             upstream: "shop".into(),
             log_format: "cutover_shop".into(),
+            vars: "cutover_shop".into(),
             generation: 7,
             live_release: Some("v2".into()),
             canary: None,
@@ -131,6 +134,12 @@ mod tests {
              \"status\":\"$status\",\"upstream_status\":\"$upstream_status\",\
              \"upstream_time\":\"$upstream_response_time\",\"request_time\":\"$request_time\"}';\n\
              \n\
+             # The generation marker: a site that exposes it (e.g. `location = /.cutover { return 200 \"$cutover_shop_generation\"; }`)\n\
+             # and sets nginx.confirm_url lets cutover confirm that nginx answers with this file after a reload.\n\
+             map $host $cutover_shop_generation {\n    \
+             default  \"7\";\n\
+             }\n\
+             \n\
              upstream shop {\n    \
              # A shared zone keeps one balancer state (and so exact weights) across all nginx workers.\n    \
              zone shop 64k;\n    \
@@ -146,6 +155,7 @@ mod tests {
             app: "shop".into(),
             upstream: "shop".into(),
             log_format: "cutover_shop".into(),
+            vars: "cutover_shop".into(),
             generation: 1,
             live_release: Some("v1".into()),
             canary: Some(CanaryView { release: "v2".into(), weight: 10 }),
@@ -165,6 +175,7 @@ mod tests {
             app: "a".into(),
             upstream: "a".into(),
             log_format: "cutover_a".into(),
+            vars: "cutover_a".into(),
             generation: 0,
             live_release: None,
             canary: None,

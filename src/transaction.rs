@@ -371,6 +371,7 @@ pub fn apply_upstream(
     master: &Master,
     before: Option<&str>,
     candidate: &str,
+    generation: u64,
     progress: &mut Progress,
 ) -> Result<Vec<i32>> {
     let path = &ctx.config.nginx.upstream_file;
@@ -387,18 +388,34 @@ pub fn apply_upstream(
     progress.step("validate", t.elapsed(), "nginx -t passed");
     let t = Instant::now();
     let old = master.workers();
-    let reloaded = ctx.nginx.reload(master).and_then(|()| ctx.nginx.confirm(master, &old));
+    let reloaded = ctx
+        .nginx
+        .reload(master)
+        .and_then(|()| ctx.nginx.confirm(master, &old))
+        .and_then(|_| ctx.nginx.confirm_generation(generation));
     match reloaded {
         Ok(_) => {
-            progress.step("reload", t.elapsed(), format!("nginx {} runs the new config (new workers up)", master.pid));
+            let how = match &ctx.config.nginx.confirm_url {
+                Some(u) => format!("new workers up, {u} answers generation {generation}"),
+                None => "new workers up".into(),
+            };
+            progress.step("reload", t.elapsed(), format!("nginx {} runs the new config ({how})", master.pid));
             Ok(old)
         }
         Err(e) => {
             ctx.restore_upstream(before)?;
             let again = master.workers();
             let back = ctx.nginx.reload(master).and_then(|()| ctx.nginx.confirm(master, &again));
-            if let Err(b) = back {
-                progress.warn(format!("reload after restoring the previous upstream was not confirmed either: {b:#}"));
+            match back {
+                // Workers that ran the rejected file (it may have been applied, just not confirmed) still route
+                // by it until they exit: wait for them, so the caller can stop what only that file sent to.
+                Ok(_) => {
+                    if !master.wait_gone(&again, ctx.config.deploy.drain_timeout.0) {
+                        progress.warn("nginx workers of the rejected upstream still run after deploy.drain_timeout");
+                    }
+                }
+                Err(b) => progress
+                    .warn(format!("reload after restoring the previous upstream was not confirmed either: {b:#}")),
             }
             progress.step("reload", t.elapsed(), "not applied; previous upstream restored and reloaded");
             Err(e)
@@ -688,8 +705,14 @@ fn run_steps(
         op.upstream_touched = true;
     }
     ctx.store.save(state)?;
-    let old_workers = match apply_upstream(ctx, master, plan.upstream_before.as_deref(), &plan.upstream_after, progress)
-    {
+    let old_workers = match apply_upstream(
+        ctx,
+        master,
+        plan.upstream_before.as_deref(),
+        &plan.upstream_after,
+        state.generation + 1,
+        progress,
+    ) {
         Ok(w) => w,
         Err(e) => {
             launched.stop(ctx, progress);

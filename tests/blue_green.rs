@@ -534,7 +534,10 @@ fn init_writes_a_config_that_loads_and_a_site_that_nginx_accepts() {
         .unwrap()
         .replace("/etc/nginx/conf.d/", &format!("{}/", d.display()))
         .replace("/var/log/nginx/", &format!("{}/", d.display()))
-        .replace("listen 80;", &format!("listen 127.0.0.1:{};", free_port()));
+        .replace("listen 80;", &format!("listen 127.0.0.1:{};", free_port()))
+        // The optional generation-marker location must be valid nginx once uncommented.
+        .replace("    # location = /.cutover", "    location = /.cutover");
+    assert!(site.contains("    location = /.cutover {"), "{site}");
     assert!(site.contains("access_log ") && site.contains(" cutover_web-app;"), "{site}");
     std::fs::write(d.join("site.conf"), site).unwrap();
     std::fs::write(
@@ -617,4 +620,59 @@ fn the_app_survives_a_hangup_and_a_kill_of_the_deploying_jobs_process_group() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(pid_alive(pid), "the app died with the job's process group");
     assert_eq!(env.serving(), "v1");
+}
+
+fn with_confirm_url(env: &Env) {
+    let url = format!("http://127.0.0.1:{}/.cutover", env.nginx_port);
+    let cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("[nginx]\n", &format!("[nginx]\nconfirm_url = \"{url}\"\n"));
+    env.write_config(&cfg);
+}
+
+#[test]
+fn a_reload_counts_once_nginx_answers_with_the_new_generation_marker() {
+    let env = Env::with(Opts {
+        server_extra: "        location = /.cutover { return 200 \"$cutover_shop_generation\\n\"; }".into(),
+        ..Opts::default()
+    });
+    with_confirm_url(&env);
+    let (code, _, err) = env.run(&["deploy", "--release", "v1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("new workers up, http://127.0.0.1:{}/.cutover answers generation 1)", env.nginx_port)),
+        "{err}"
+    );
+    assert_eq!(env.get("/.cutover").unwrap(), (200, "1\n".to_string()));
+    env.ok(&["deploy", "--release", "v2"]);
+    assert_eq!(env.get("/.cutover").unwrap(), (200, "2\n".to_string()));
+    assert_eq!(env.state()["generation"], 2);
+}
+
+#[test]
+fn a_site_that_does_not_serve_the_new_generation_is_not_confirmed_restored_and_exits_4() {
+    // The marker the site exposes never changes, as when the site includes some other copy of the upstream.
+    let env = Env::with(Opts {
+        server_extra: "        location = /.cutover { return 200 \"0\"; }".into(),
+        ..Opts::default()
+    });
+    env.ok(&["deploy", "--release", "v1"]);
+    let before = env.upstream();
+    with_confirm_url(&env);
+    let text =
+        std::fs::read_to_string(&env.config).unwrap().replace("[nginx]\n", "[nginx]\nconfirm_timeout = \"1s\"\n");
+    env.write_config(&text);
+    let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains(&format!(
+            "nginx did not serve the new upstream: after 1s http://127.0.0.1:{}/.cutover should answer generation 2, but it answered \"0\"",
+            env.nginx_port
+        )),
+        "{err}"
+    );
+    assert_eq!(env.upstream(), before, "previous upstream restored byte for byte");
+    assert_eq!(env.serving(), "v1");
+    assert_eq!(env.state()["live"]["release"], "v1");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", env.pool[1])).is_ok(), "v2 was stopped");
 }

@@ -40,6 +40,7 @@ fn keepalive_line() -> String {
         pid_file: None,
         reload: Default::default(),
         template: None,
+        confirm_url: None,
         confirm_timeout: crate::config::Dur(std::time::Duration::from_secs(5)),
     };
     match Nginx::new(&cfg).version() {
@@ -85,6 +86,7 @@ upstream_file = "/etc/nginx/conf.d/NAME.upstream.conf"
 # pid_file = "/run/nginx.pid"     (found from nginx's config when absent)
 # reload = "signal"               # or "systemctl", or ["sudo", "nginx", "-s", "reload"]
 # template = "upstream.conf.tera" # override the built-in upstream template
+# confirm_url = "http://127.0.0.1/.cutover"   # with the site's /.cutover location: confirm each reload end to end
 
 [deploy]
 strategy = "blue-green"
@@ -121,6 +123,9 @@ server {
 KEEPALIVE
     # One JSON line per request (format defined in the upstream file): cutover's canary analysis reads it.
     access_log /var/log/nginx/NAME.cutover.log cutover_NAME;
+
+    # Uncomment, and set nginx.confirm_url, to have cutover confirm that nginx serves each new upstream file.
+    # location = /.cutover { allow 127.0.0.1; allow ::1; deny all; return 200 "$VAR_generation"; }
 
     location / {
         # With canary.sticky or canary.header, proxy to the variable instead: proxy_pass http://$VAR_upstream;
