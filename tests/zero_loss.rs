@@ -99,3 +99,44 @@ fn no_request_is_lost_through_a_full_canary_and_an_abort() {
         assert!(t.releases.contains_key(r), "no answer from {r} at all: {:?}", t.releases);
     }
 }
+
+#[test]
+fn no_request_is_lost_when_deploys_fail_and_are_undone_under_load() {
+    // The site's generation marker never changes, so every deploy's reload goes unconfirmed after nginx has
+    // already routed to the new release: the undo must wait for those workers before stopping it.
+    let env = Env::with(Opts {
+        server_extra: "        location = /.cutover { return 200 \"0\"; }".into(),
+        ..Opts::default()
+    });
+    env.ok(&["deploy", "--release", "v1"]);
+    let url = format!("http://127.0.0.1:{}/.cutover", env.nginx_port);
+    let cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("[nginx]\n", &format!("[nginx]\nconfirm_url = \"{url}\"\nconfirm_timeout = \"500ms\"\n"));
+    env.write_config(&cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, tally) = load(env.nginx_port, 4, 50_000, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    for r in ["v2", "v3", "v4"] {
+        let (code, _, err) = env.run(&["deploy", "--release", r]);
+        assert_eq!(code, 4, "{err}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let t = tally.lock().unwrap();
+    println!(
+        "zero-loss (3 deploys undone after an unconfirmed reload): {} requests, {} non-2xx, {} connection errors; {:?}",
+        t.requests,
+        t.non_2xx.len(),
+        t.errors.len(),
+        t.releases
+    );
+    assert!(t.requests > 200, "the clients sent too little to mean anything: {}", t.requests);
+    assert!(t.non_2xx.is_empty(), "non-2xx answers: {:?}", &t.non_2xx[..t.non_2xx.len().min(10)]);
+    assert!(t.errors.is_empty(), "failed connections: {:?}", &t.errors[..t.errors.len().min(10)]);
+    assert!(t.releases.contains_key("v2"), "nginx did route to the new release before the undo: {:?}", t.releases);
+    assert_eq!(env.serving(), "v1");
+}
