@@ -1,4 +1,4 @@
-//! The canary strategy (DESIGN.md "Strategies"): start the new release beside the live one, give it the
+//! The canary strategy (README.md, "Canary"): start the new release beside the live one, give it the
 //! shares in `canary.steps` one reload at a time, hold each step for `canary.interval` while reading nginx's
 //! access log, and either promote it (at 100 % it becomes the live release and the stable one is drained and
 //! stopped as in a blue/green flip) or abort (weight 0, drained, stopped, exit 6).

@@ -85,6 +85,8 @@ pub struct DeployArgs {
 pub enum StrategyArg {
     BlueGreen,
     Canary,
+    /// Not built yet: `deploy` says so.
+    Rolling,
 }
 
 #[derive(Debug, Args)]

@@ -222,7 +222,7 @@ impl Default for Canary {
     }
 }
 
-/// Parsed and validated so that a config written against DESIGN.md loads; the rolling strategy itself is not
+/// Parsed and validated so that a config with a `[rolling]` section loads; the rolling strategy itself is not
 /// built yet and `deploy` says so.
 #[allow(dead_code)]
 #[derive(Debug, Clone, Deserialize)]

@@ -1,4 +1,4 @@
-//! Exit codes are a contract with users' scripts (DESIGN.md "Exit codes"); this is the one place they live.
+//! Exit codes are a contract with users' scripts (README.md, "Exit codes"); this is the one place they live.
 //!
 //! An outcome that sets a code other than 1 is a [`Failure`] somewhere in the error chain; anything else is an
 //! unexpected error and exits 1.

@@ -1,4 +1,4 @@
-//! The deploy transaction (DESIGN.md, "The deploy transaction"): start the target release, health-check it,
+//! The deploy transaction (README.md, "The deploy transaction"): start the target release, health-check it,
 //! render and validate the upstream, reload nginx and confirm it, drain and stop what was live, commit.
 //!
 //! Every side effect is recorded in `state.in_progress` before it happens and undone in reverse if a later step
@@ -236,6 +236,11 @@ pub fn recover(ctx: &Ctx, state: &mut State, progress: &Progress) -> Result<()> 
     Ok(())
 }
 
+/// Whether `target` is the release that is live now (a redeploy, not a change of release).
+pub fn redeploys_live(state: &State, target: &Target) -> bool {
+    state.live.as_ref().is_some_and(|l| l.release == target.release.as_str())
+}
+
 /// Resolve the plan: ports, what stops, the rendered upstream. No side effects.
 pub fn plan(ctx: &Ctx, state: &State, target: &Target, need_master: bool) -> Result<Plan> {
     let config = &ctx.config;
@@ -290,8 +295,11 @@ pub fn plan(ctx: &Ctx, state: &State, target: &Target, need_master: bool) -> Res
     let mut stop_after = Vec::new();
     let mut keep = Vec::new();
     let reclaim_pids: Vec<i32> = reclaim.iter().filter_map(|i| i.pid).collect();
+    // Redeploying the live release (a restart on fresh instances): the previous release stays what it was, and
+    // the instances being replaced are stopped, since keeping a copy of what is live is no rollback target.
+    let same = redeploys_live(state, target);
     for i in &prev_alive {
-        if !i.pid.is_some_and(|p| reclaim_pids.contains(&p)) {
+        if !same && !i.pid.is_some_and(|p| reclaim_pids.contains(&p)) {
             stop_after.push(i.clone());
         }
     }
@@ -300,7 +308,7 @@ pub fn plan(ctx: &Ctx, state: &State, target: &Target, need_master: bool) -> Res
             if i.pid.is_some_and(|p| reuse_pids.contains(&p)) {
                 continue;
             }
-            if config.deploy.keep_previous && proc::alive(i) {
+            if !same && config.deploy.keep_previous && proc::alive(i) {
                 keep.push(i.clone());
             } else {
                 stop_after.push(i.clone());
@@ -621,7 +629,12 @@ pub fn launch(
         progress.step(
             "health",
             t.elapsed(),
-            format!("{} instance(s) healthy at {} ({probes} probes)", started.len(), config.health.path),
+            format!(
+                "{} instance(s) healthy at {} ({probes} probe(s), the last {} in a row passed)",
+                started.len(),
+                config.health.path,
+                config.health.successes
+            ),
         );
     }
     let healthy_at = Instant::now();
@@ -736,7 +749,11 @@ fn run_steps(
     state.canary = None;
     // In the same write: what was live becomes the previous release, and what is still to be stopped is
     // recorded, so a run killed during the drain leaves state true and the next run finishes the stop.
-    state.previous = demote(old_live, state.previous.take());
+    state.previous = if old_live.as_ref().is_some_and(|l| l.release == new_live.release) {
+        demote(state.previous.take(), None)
+    } else {
+        demote(old_live, state.previous.take())
+    };
     if let Some(op) = &mut state.in_progress {
         op.started = plan.stop_after.clone();
     }

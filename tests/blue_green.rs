@@ -59,7 +59,7 @@ fn deploy_flip_and_rollback_restarts_the_stopped_release() {
     );
     let text = env.ok(&["history"]);
     assert!(text.lines().next().unwrap().starts_with("at "), "{text}");
-    assert!(text.contains("rollback  v1            v2            ok"), "{text}");
+    assert!(text.contains("rollback    v1            v2            ok"), "{text}");
 }
 
 #[test]
@@ -532,13 +532,16 @@ fn init_writes_a_config_that_loads_and_a_site_that_nginx_accepts() {
     std::fs::write(d.join("web-app.upstream.conf"), &up.stdout).unwrap();
     let site = std::fs::read_to_string(d.join("site.conf"))
         .unwrap()
-        .replace("/etc/nginx/conf.d/", &format!("{}/", d.display()))
+        .replace("/etc/nginx/cutover/", &format!("{}/", d.display()))
         .replace("/var/log/nginx/", &format!("{}/", d.display()))
         .replace("listen 80;", &format!("listen 127.0.0.1:{};", free_port()))
         // The optional generation-marker location must be valid nginx once uncommented.
         .replace("    # location = /.cutover", "    location = /.cutover");
     assert!(site.contains("    location = /.cutover {"), "{site}");
     assert!(site.contains("access_log ") && site.contains(" cutover_web-app;"), "{site}");
+    // The upstream file is kept out of conf.d/, which distributions' nginx.conf already includes by glob.
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    assert!(toml.contains("upstream_file = \"/etc/nginx/cutover/web-app.upstream.conf\""), "{toml}");
     std::fs::write(d.join("site.conf"), site).unwrap();
     std::fs::write(
         d.join("nginx.conf"),
@@ -675,4 +678,33 @@ fn a_site_that_does_not_serve_the_new_generation_is_not_confirmed_restored_and_e
     assert_eq!(env.serving(), "v1");
     assert_eq!(env.state()["live"]["release"], "v1");
     assert!(std::net::TcpListener::bind(("127.0.0.1", env.pool[1])).is_ok(), "v2 was stopped");
+}
+
+#[test]
+fn redeploying_the_live_release_restarts_it_and_keeps_the_previous_release() {
+    let env = Env::with(Opts { pool_size: 3, keep_previous: true, ..Opts::default() });
+    env.ok(&["deploy", "--release", "v1"]);
+    env.ok(&["deploy", "--release", "v2"]);
+    let old_v2 = env.state()["live"]["instances"][0]["pid"].as_i64().unwrap() as i32;
+    let v1 = env.state()["previous"]["instances"][0]["pid"].as_i64().unwrap() as i32;
+    let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("v2 is already live: redeploying it on fresh instances (a restart)"), "{err}");
+    let s = env.state();
+    assert_eq!(s["live"]["release"], "v2");
+    assert_ne!(s["live"]["instances"][0]["pid"], old_v2, "a fresh instance");
+    assert!(!pid_alive(old_v2), "the replaced instance was stopped, not kept as a 'previous' copy of v2");
+    assert_eq!(s["previous"]["release"], "v1", "the rollback target is still v1");
+    assert!(pid_alive(v1), "and it is still running idle");
+    let (code, _, err) = env.run(&["rollback"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("(still running: flip only)"), "{err}");
+    assert_eq!(env.serving(), "v1");
+    // A strategy that is not built yet is refused before anything runs.
+    let (code, _, err) = env.run(&["deploy", "--release", "v3", "--strategy", "rolling"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("strategy rolling is not available in this version of cutover; use blue-green or canary"),
+        "{err}"
+    );
 }

@@ -67,14 +67,29 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
     }
     match ctx.nginx.master() {
         Ok(m) => items.push(item("nginx running", true, format!("master pid {}", m.pid), "")),
-        Err(e) => items.push(item("nginx running", false, format!("{e:#}"), "start nginx (systemctl start nginx)")),
+        Err(e) => {
+            // Finding the master needs its pid file, which comes from nginx's config: a broken config is the
+            // thing to fix then, not a stopped nginx.
+            let fix = if format!("{e:#}").contains("could not read nginx's config") {
+                "fix nginx's config first (see the nginx -t item)"
+            } else {
+                "start nginx (systemctl start nginx), or set nginx.pid_file"
+            };
+            items.push(item("nginx running", false, format!("{e:#}"), fix))
+        }
     }
     let up = &c.nginx.upstream_file;
     let dir = up.parent().unwrap_or(Path::new("."));
     items.push(item(
         "upstream dir",
         dir.is_dir() && writable(dir),
-        format!("{} {}", dir.display(), if dir.is_dir() { "exists" } else { "does not exist" }),
+        if !dir.is_dir() {
+            format!("{} does not exist", dir.display())
+        } else if writable(dir) {
+            format!("{} exists and is writable", dir.display())
+        } else {
+            format!("{} is not writable by this user", dir.display())
+        },
         format!("create {} and make it writable by the user running cutover", dir.display()),
     ));
     match ctx.nginx.dump() {
@@ -113,7 +128,7 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
         Err(e) => items.push(item(
             "canary setup",
             true,
-            format!("not ready for `deploy --strategy canary` (not needed for blue-green): {e:#}"),
+            format!("only needed for `deploy --strategy canary`, and not in place yet: {e:#}"),
             "",
         )),
     }
@@ -160,13 +175,16 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
         ),
         "stop what holds those ports or take them out of ports.pool",
     ));
+    // Each of these can run to its limit in one deploy; the reload confirm twice (the reload, and the reload of
+    // the restored file when it fails).
     let worst = c.health.deadline.0 + c.nginx.confirm_timeout.0 * 2 + c.deploy.drain_timeout.0 + c.app.stop_timeout.0;
     items.push(item(
         "time budget",
         worst.as_secs() < 3600,
         format!(
-            "a blue-green deploy takes at most about {} (health.deadline + reload confirm + deploy.drain_timeout + \
-             app.stop_timeout); a CodeDeploy hook's timeout must exceed it (appspec `timeout`, at most 3600 s)",
+            "a blue-green deploy takes at most about {} (health.deadline + 2 x nginx.confirm_timeout + \
+             deploy.drain_timeout + app.stop_timeout); a CodeDeploy hook's timeout must exceed it (appspec \
+             `timeout`, at most 3600 s)",
             humantime::format_duration(worst)
         ),
         "lower health.deadline or deploy.drain_timeout",

@@ -16,6 +16,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
     let strategy = match args.strategy {
         Some(StrategyArg::BlueGreen) => Strategy::BlueGreen,
         Some(StrategyArg::Canary) => Strategy::Canary,
+        Some(StrategyArg::Rolling) => Strategy::Rolling,
         None => ctx.config.deploy.strategy,
     };
     if strategy == Strategy::Rolling {
@@ -60,6 +61,14 @@ pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
         ));
     }
     let from = state.live.as_ref().map(|d| d.release.clone());
+    if strategy == Strategy::Canary && transaction::redeploys_live(&state, &target) {
+        return Err(exit::usage(format!(
+            "{release} is already live: a canary compares two releases; redeploy it with --strategy blue-green"
+        )));
+    }
+    if transaction::redeploys_live(&state, &target) {
+        progress.note(format!("{release} is already live: redeploying it on fresh instances (a restart)"));
+    }
     if strategy == Strategy::Canary {
         if from.is_some() {
             return super::canary::deploy(ctx, &mut state, &target, &mut progress, json);

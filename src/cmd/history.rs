@@ -18,13 +18,13 @@ pub fn run(ctx: &Ctx, args: HistoryArgs, json: bool) -> Result<i32> {
         return Ok(exit::OK);
     }
     println!(
-        "{:<24}  {:<8}  {:<12}  {:<12}  {:<14}  {:>8}  steps",
+        "{:<24}  {:<10}  {:<12}  {:<12}  {:<14}  {:>8}  steps",
         "at", "kind", "release", "from", "outcome", "total"
     );
     for e in shown {
         let steps: Vec<String> = e.steps.iter().map(|s| format!("{} {}", s.name, s.ms)).collect();
         println!(
-            "{:<24}  {:<8}  {:<12}  {:<12}  {:<14}  {:>5} ms  {}",
+            "{:<24}  {:<10}  {:<12}  {:<12}  {:<14}  {:>5} ms  {}",
             e.at,
             e.kind,
             e.release,

@@ -24,8 +24,10 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<i32> {
     std::fs::write(config_path, config).with_context(|| format!("could not write {}", config_path.display()))?;
     std::fs::write(&args.site, site).with_context(|| format!("could not write {}", args.site.display()))?;
     println!("wrote {} and {}", config_path.display(), args.site.display());
-    println!("next: edit app.start, copy the site file into nginx's config (e.g. /etc/nginx/sites-enabled/),");
-    println!("      `cutover render > /etc/nginx/conf.d/{name}.upstream.conf`, reload nginx, then `cutover check`");
+    println!("next: edit app.start, then");
+    println!("      mkdir -p /etc/nginx/cutover && cutover render > /etc/nginx/cutover/{name}.upstream.conf");
+    println!("      cp {} /etc/nginx/sites-enabled/{name} && nginx -t && systemctl reload nginx", args.site.display());
+    println!("      cutover check");
     Ok(exit::OK)
 }
 
@@ -60,7 +62,7 @@ const CONFIG: &str = r#"# cutover.toml: how cutover deploys NAME. Unknown keys a
 
 [app]
 name = "NAME"                      # [a-z0-9_-]; names the upstream, the state dir and the log files
-# {{port}} and {{release}} are substituted; PORT and CUTOVER_RELEASE are also in the app's environment.
+# {{port}} and {{release}} are substituted; PORT, CUTOVER_RELEASE and CUTOVER_APP are in the app's environment.
 start = "/srv/NAME/releases/{{release}}/bin/server --port {{port}}"
 # workdir = "/srv/NAME"
 # env = { RAILS_ENV = "production" }
@@ -80,9 +82,10 @@ deadline = "60s"
 successes = 2
 
 [nginx]
-upstream_file = "/etc/nginx/conf.d/NAME.upstream.conf"
+# Outside conf.d/ on purpose: nginx.conf already includes conf.d/*.conf, and the site file includes this one.
+upstream_file = "/etc/nginx/cutover/NAME.upstream.conf"
 # binary = "nginx"
-# prefix = "/opt/nginx"  conf = "/opt/nginx/conf/nginx.conf"   (a private nginx: nginx -p PREFIX -c CONF)
+# prefix = "/opt/nginx"  conf = "conf/nginx.conf"   (a private nginx: nginx -p PREFIX -c CONF; conf relative to prefix)
 # pid_file = "/run/nginx.pid"     (found from nginx's config when absent)
 # reload = "signal"               # or "systemctl", or ["sudo", "nginx", "-s", "reload"]
 # template = "upstream.conf.tera" # override the built-in upstream template
@@ -114,8 +117,9 @@ access_log = "/var/log/nginx/NAME.cutover.log"   # written by the site file's ac
 "#;
 
 const SITE: &str = r#"# nginx site for NAME, written by `cutover init`. Put it in nginx's http context
-# (Debian: /etc/nginx/sites-enabled/NAME). The upstream `NAME` lives in the file cutover manages.
-include /etc/nginx/conf.d/NAME.upstream.conf;
+# (Debian: /etc/nginx/sites-enabled/NAME; RHEL: /etc/nginx/conf.d/NAME.conf). The upstream `NAME` lives in the
+# file cutover manages, kept out of conf.d/ so that nginx.conf's `include conf.d/*.conf` does not load it twice.
+include /etc/nginx/cutover/NAME.upstream.conf;
 
 server {
     listen 80;

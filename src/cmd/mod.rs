@@ -41,12 +41,17 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Print one JSON document on stdout.
+/// Print one JSON document on stdout. A reader that went away (`| head`) is not an error.
 pub fn print_json(value: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// The start of every command that changes something: take the lock, load state, clean up after a killed
