@@ -316,18 +316,7 @@ pub fn set_weight(ctx: &Ctx, state: &mut State, pct: u8, step: Option<usize>, pr
     let c = state.canary.clone().context("no canary is running")?;
     let text =
         ctx.render(&plan::view(&ctx.config, state.generation + 1, state.live.as_ref(), Some((&c.deployment, pct))))?;
-    let before = ctx.read_upstream()?;
-    transaction::begin_op(ctx, state, "canary-step", &c.deployment.release, before.clone())?;
-    touch(ctx, state)?;
-    let old_workers =
-        match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, state.generation + 1, progress) {
-            Ok(w) => w,
-            Err(e) => {
-                state.in_progress = None;
-                ctx.store.save(state)?;
-                return Err(e.context(format!("the canary stays at {}%", c.weight)));
-            }
-        };
+    let old_workers = change_upstream(ctx, state, &master, "canary-step", &text, Vec::new(), progress)?;
     state.generation += 1;
     state.upstream = Some(text);
     if let Some(cs) = &mut state.canary {
@@ -358,11 +347,35 @@ fn settle(ctx: &Ctx, master: &Master, old_workers: &[i32], progress: &mut Progre
     }
 }
 
-fn touch(ctx: &Ctx, state: &mut State) -> Result<()> {
+/// One change of a running canary's upstream: recorded as the operation in progress (with `to_stop`, the
+/// instances the next run must stop if this one is killed once they left state), written, validated,
+/// reloaded, confirmed. On failure the previous file is back and the canary stays where it was. Returns the
+/// old workers, for the settle or the drain.
+fn change_upstream(
+    ctx: &Ctx,
+    state: &mut State,
+    master: &Master,
+    kind: &str,
+    text: &str,
+    to_stop: Vec<Instance>,
+    progress: &mut Progress,
+) -> Result<Vec<i32>> {
+    let c = state.canary.clone().context("no canary is running")?;
+    let before = ctx.read_upstream()?;
+    transaction::begin_op(ctx, state, kind, &c.deployment.release, before.clone())?;
     if let Some(op) = &mut state.in_progress {
+        op.started = to_stop;
         op.upstream_touched = true;
     }
-    ctx.store.save(state)
+    ctx.store.save(state)?;
+    match transaction::apply_upstream(ctx, master, before.as_deref(), text, state.generation + 1, progress) {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            state.in_progress = None;
+            ctx.store.save(state)?;
+            Err(e.context(format!("the canary stays at {}%", c.weight)))
+        }
+    }
 }
 
 /// Promote: the canary becomes the live release, the stable one is drained and stopped (or kept idle with
@@ -374,19 +387,8 @@ pub fn finish(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<O
     let old_live = state.live.clone();
     let new_live = Deployment { since: util::now_rfc3339(), ..c.deployment.clone() };
     let text = ctx.render(&plan::view(config, state.generation + 1, Some(&new_live), None))?;
-    let before = ctx.read_upstream()?;
-    transaction::begin_op(ctx, state, "promote", &new_live.release, before.clone())?;
-    touch(ctx, state)?;
     let t = Instant::now();
-    let old_workers =
-        match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, state.generation + 1, progress) {
-            Ok(w) => w,
-            Err(e) => {
-                state.in_progress = None;
-                ctx.store.save(state)?;
-                return Err(e.context(format!("the canary stays at {}%", c.weight)));
-            }
-        };
+    let old_workers = change_upstream(ctx, state, &master, "promote", &text, Vec::new(), progress)?;
     // An older previous release goes; the release that was stable is kept idle or stopped.
     let mut stop: Vec<Instance> =
         state.previous.iter().flat_map(|d| d.instances.iter()).filter(|i| proc::alive(i)).cloned().collect();
@@ -434,22 +436,8 @@ pub fn abort(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<Ve
     let master = ctx.nginx.master()?;
     let c = state.canary.clone().context("no canary is running")?;
     let text = ctx.render(&plan::view(&ctx.config, state.generation + 1, state.live.as_ref(), None))?;
-    let before = ctx.read_upstream()?;
-    transaction::begin_op(ctx, state, "abort", &c.deployment.release, before.clone())?;
-    if let Some(op) = &mut state.in_progress {
-        // Stopped by the next run if this one is killed after the canary left state.
-        op.started = c.deployment.instances.clone();
-    }
-    touch(ctx, state)?;
-    let old_workers =
-        match transaction::apply_upstream(ctx, &master, before.as_deref(), &text, state.generation + 1, progress) {
-            Ok(w) => w,
-            Err(e) => {
-                state.in_progress = None;
-                ctx.store.save(state)?;
-                return Err(e.context(format!("the canary stays at {}%", c.weight)));
-            }
-        };
+    // The canary's instances are recorded to stop, so a run killed after the canary left state stops them.
+    let old_workers = change_upstream(ctx, state, &master, "abort", &text, c.deployment.instances.clone(), progress)?;
     state.generation += 1;
     state.upstream = Some(text);
     state.canary = None;

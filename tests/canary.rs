@@ -118,10 +118,7 @@ fn automatic_canary_steps_to_100_under_traffic_and_stops_the_stable_release() {
     let stop = Arc::new(AtomicBool::new(false));
     let (handles, tally) = load(env.nginx_port, 2, 20_000, stop.clone());
     let (code, out, err) = env.run(&["deploy", "--release", "v2", "--strategy", "canary", "--json"]);
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
+    let releases = assert_no_loss(&stop, handles, &tally, "2 clients, automatic canary 10/50/100", 100);
     assert_eq!(code, 0, "{out}{err}");
     let d: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(d["live"]["release"], "v2");
@@ -130,9 +127,7 @@ fn automatic_canary_steps_to_100_under_traffic_and_stops_the_stable_release() {
         assert!(err.contains(line), "missing {line:?} in progress:\n{err}");
     }
     assert_eq!(err.matches("cutover: hold ").count(), 2, "{err}");
-    let t = tally.lock().unwrap();
-    assert!(t.non_2xx.is_empty() && t.errors.is_empty(), "{:?} {:?}", t.non_2xx, t.errors);
-    assert!(t.releases.contains_key("v1") && t.releases.contains_key("v2"), "{:?}", t.releases);
+    assert!(releases.contains_key("v1") && releases.contains_key("v2"), "{releases:?}");
     assert_eq!(env.serving(), "v2");
     assert_eq!(last_event(&env)["outcome"], "ok");
     assert_eq!(env.state()["previous"]["instances"][0]["pid"], serde_json::Value::Null, "v1 stopped");
@@ -424,4 +419,23 @@ fn dry_run_of_a_canary_shows_the_steps_and_the_first_steps_diff_and_changes_noth
     assert_eq!(env.upstream(), before);
     assert_eq!(env.state(), state_before);
     assert!(std::net::TcpListener::bind(("127.0.0.1", env.pool[1])).is_ok(), "nothing was started");
+}
+
+#[test]
+fn analysis_aborts_a_canary_much_slower_than_the_stable_release() {
+    let env = canary_env("5s", "max_latency_factor = 3.0");
+    env.ok(&["deploy", "--release", "v1"]);
+    env.flags("v2", "--slow-ms 150");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, _tally) = load(env.nginx_port, 3, 20_000, stop.clone());
+    let (code, out, err) = env.run(&["deploy", "--release", "v2", "--strategy", "canary"]);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(code, 6, "{out}{err}");
+    assert!(err.contains("error: canary v2 aborted: canary p95 upstream time"), "{err}");
+    assert!(err.contains("x the stable release's"), "{err}");
+    assert_eq!(env.state()["canary"], serde_json::Value::Null);
+    assert_eq!(env.serving(), "v1");
 }

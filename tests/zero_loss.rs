@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,24 +21,10 @@ fn no_request_is_lost_across_five_deploys_and_a_rollback() {
     }
     env.ok(&["rollback"]);
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
     assert_eq!(env.serving(), "v5");
-    let t = tally.lock().unwrap();
-    println!(
-        "zero-loss (Connection: close, 4 clients, 5 deploys + 1 rollback): {} requests, {} non-2xx, {} connection errors; by release {:?}",
-        t.requests,
-        t.non_2xx.len(),
-        t.errors.len(),
-        t.releases
-    );
-    assert!(t.requests > 500, "the clients sent too little to mean anything: {}", t.requests);
-    assert!(t.non_2xx.is_empty(), "non-2xx answers: {:?}", &t.non_2xx[..t.non_2xx.len().min(10)]);
-    assert!(t.errors.is_empty(), "failed connections: {:?}", &t.errors[..t.errors.len().min(10)]);
+    let releases = assert_no_loss(&stop, handles, &tally, "Connection: close, 4 clients, 5 deploys + 1 rollback", 500);
     for r in ["v1", "v2", "v3", "v4", "v5", "v6"] {
-        assert!(t.releases.contains_key(r), "no answer from {r} at all: {:?}", t.releases);
+        assert!(releases.contains_key(r), "no answer from {r} at all: {:?}", releases);
     }
 }
 
@@ -78,25 +64,11 @@ fn no_request_is_lost_through_a_full_canary_and_an_abort() {
     std::thread::sleep(Duration::from_millis(500));
     env.ok(&["abort"]);
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
     assert_eq!(env.serving(), "v2");
-    let t = tally.lock().unwrap();
-    println!(
-        "zero-loss (Connection: close, 4 clients, canary to 100% + canary aborted): {} requests, {} non-2xx, {} \
-         connection errors; by release {:?}",
-        t.requests,
-        t.non_2xx.len(),
-        t.errors.len(),
-        t.releases
-    );
-    assert!(t.requests > 500, "the clients sent too little to mean anything: {}", t.requests);
-    assert!(t.non_2xx.is_empty(), "non-2xx answers: {:?}", &t.non_2xx[..t.non_2xx.len().min(10)]);
-    assert!(t.errors.is_empty(), "failed connections: {:?}", &t.errors[..t.errors.len().min(10)]);
+    let releases =
+        assert_no_loss(&stop, handles, &tally, "Connection: close, 4 clients, canary to 100% + canary aborted", 500);
     for r in ["v1", "v2", "v3"] {
-        assert!(t.releases.contains_key(r), "no answer from {r} at all: {:?}", t.releases);
+        assert!(releases.contains_key(r), "no answer from {r} at all: {:?}", releases);
     }
 }
 
@@ -122,21 +94,7 @@ fn no_request_is_lost_when_deploys_fail_and_are_undone_under_load() {
         assert_eq!(code, 4, "{err}");
     }
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
-    let t = tally.lock().unwrap();
-    println!(
-        "zero-loss (3 deploys undone after an unconfirmed reload): {} requests, {} non-2xx, {} connection errors; {:?}",
-        t.requests,
-        t.non_2xx.len(),
-        t.errors.len(),
-        t.releases
-    );
-    assert!(t.requests > 200, "the clients sent too little to mean anything: {}", t.requests);
-    assert!(t.non_2xx.is_empty(), "non-2xx answers: {:?}", &t.non_2xx[..t.non_2xx.len().min(10)]);
-    assert!(t.errors.is_empty(), "failed connections: {:?}", &t.errors[..t.errors.len().min(10)]);
-    assert!(t.releases.contains_key("v2"), "nginx did route to the new release before the undo: {:?}", t.releases);
+    let releases = assert_no_loss(&stop, handles, &tally, "3 deploys undone after an unconfirmed reload", 200);
+    assert!(releases.contains_key("v2"), "nginx did route to the new release before the undo: {:?}", releases);
     assert_eq!(env.serving(), "v1");
 }

@@ -398,3 +398,30 @@ pub fn load(
         .collect();
     (handles, tally)
 }
+
+/// Stop the load started by [`load`], print what it saw under `label`, and assert that nothing was lost: every
+/// answer a 2xx, no failed connection, and more than `min_requests` sent. Returns the answers by release.
+pub fn assert_no_loss(
+    stop: &AtomicBool,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    tally: &Mutex<Tally>,
+    label: &str,
+    min_requests: u64,
+) -> std::collections::BTreeMap<String, u64> {
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let t = tally.lock().unwrap();
+    println!(
+        "zero-loss ({label}): {} requests, {} non-2xx, {} connection errors; by release {:?}",
+        t.requests,
+        t.non_2xx.len(),
+        t.errors.len(),
+        t.releases
+    );
+    assert!(t.requests > min_requests, "the clients sent too little to mean anything: {}", t.requests);
+    assert!(t.non_2xx.is_empty(), "non-2xx answers: {:?}", &t.non_2xx[..t.non_2xx.len().min(10)]);
+    assert!(t.errors.is_empty(), "failed connections: {:?}", &t.errors[..t.errors.len().min(10)]);
+    t.releases.clone()
+}
