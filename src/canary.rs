@@ -99,22 +99,7 @@ pub fn preflight(ctx: &Ctx) -> Result<()> {
 /// The first step's upstream for a plan, rendered before the canary starts (the ports are known).
 pub fn first_step_upstream(ctx: &Ctx, state: &State, plan: &Plan) -> Result<String> {
     let live = state.live.as_ref().context("a canary needs a live release")?;
-    let placeholder = Deployment {
-        release: plan.release.clone(),
-        instances: plan
-            .new_ports
-            .iter()
-            .map(|&port| Instance {
-                release: plan.release.clone(),
-                port,
-                pid: None,
-                start_ticks: None,
-                started_at: String::new(),
-                log: Default::default(),
-            })
-            .collect(),
-        since: String::new(),
-    };
+    let placeholder = Deployment::planned(&plan.release, plan.new_ports.iter().copied());
     let first = ctx.config.canary.steps[0].0;
     ctx.render(&plan::view(&ctx.config, state.generation + 1, Some(live), Some((&placeholder, first))))
 }
@@ -169,26 +154,7 @@ fn start(
     let mut launched = transaction::launch(ctx, state, target, plan, env, progress)?;
     let deployment =
         Deployment { release: target.release.to_string(), instances: launched.instances(), since: util::now_rfc3339() };
-    if let Some(op) = &mut state.in_progress {
-        op.upstream_touched = true;
-    }
-    ctx.store.save(state)?;
-    let old_workers = match transaction::apply_upstream(
-        ctx,
-        master,
-        plan.upstream_before.as_deref(),
-        &text,
-        state.generation + 1,
-        progress,
-    ) {
-        Ok(w) => w,
-        Err(e) => {
-            launched.stop(ctx, progress);
-            state.in_progress = None;
-            ctx.store.save(state)?;
-            return Err(e);
-        }
-    };
+    let old_workers = transaction::apply_or_undo(ctx, state, master, plan, &text, &mut launched, progress)?;
     // Recorded before the settle: nginx routes to the canary from the reload on.
     state.generation += 1;
     state.upstream = Some(text);

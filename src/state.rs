@@ -37,6 +37,27 @@ pub struct Deployment {
     pub since: String,
 }
 
+impl Deployment {
+    /// A release on these ports with no process yet: what a plan renders before anything starts.
+    pub fn planned(release: &str, ports: impl IntoIterator<Item = u16>) -> Deployment {
+        Deployment {
+            release: release.into(),
+            instances: ports
+                .into_iter()
+                .map(|port| Instance {
+                    release: release.into(),
+                    port,
+                    pid: None,
+                    start_ticks: None,
+                    started_at: String::new(),
+                    log: Default::default(),
+                })
+                .collect(),
+            since: String::new(),
+        }
+    }
+}
+
 /// A canary in progress: its instances and its current share of traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CanaryState {

@@ -318,24 +318,8 @@ pub fn plan(ctx: &Ctx, state: &State, target: &Target, need_master: bool) -> Res
     if let Some(c) = &state.canary {
         stop_after.extend(c.deployment.instances.iter().cloned());
     }
-    let placeholder = Deployment {
-        release: target.release.to_string(),
-        instances: target
-            .reuse
-            .iter()
-            .map(|i| i.port)
-            .chain(ports.iter().copied())
-            .map(|port| Instance {
-                release: target.release.to_string(),
-                port,
-                pid: None,
-                start_ticks: None,
-                started_at: String::new(),
-                log: Default::default(),
-            })
-            .collect(),
-        since: String::new(),
-    };
+    let placeholder =
+        Deployment::planned(target.release.as_str(), target.reuse.iter().map(|i| i.port).chain(ports.iter().copied()));
     let upstream_after = ctx.render(&plan::view(config, state.generation + 1, Some(&placeholder), None))?;
     Ok(Plan {
         kind: target.kind,
@@ -426,6 +410,32 @@ pub fn apply_upstream(
                     .warn(format!("reload after restoring the previous upstream was not confirmed either: {b:#}")),
             }
             progress.step("reload", t.elapsed(), "not applied; previous upstream restored and reloaded");
+            Err(e)
+        }
+    }
+}
+
+/// Apply the first upstream that sends traffic to `launched` (marked in state first, so a killed run restores
+/// it). On failure the previous file is back, the new instances are stopped and `in_progress` is cleared.
+pub fn apply_or_undo(
+    ctx: &Ctx,
+    state: &mut State,
+    master: &Master,
+    plan: &Plan,
+    text: &str,
+    launched: &mut Launched,
+    progress: &mut Progress,
+) -> Result<Vec<i32>> {
+    if let Some(op) = &mut state.in_progress {
+        op.upstream_touched = true;
+    }
+    ctx.store.save(state)?;
+    match apply_upstream(ctx, master, plan.upstream_before.as_deref(), text, state.generation + 1, progress) {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            launched.stop(ctx, progress);
+            state.in_progress = None;
+            ctx.store.save(state)?;
             Err(e)
         }
     }
@@ -714,26 +724,7 @@ fn run_steps(
     let (healthy_at, healthy_unix_ms) = (launched.healthy_at, launched.healthy_unix_ms);
 
     // 6–8. Render (done in the plan), write, validate, reload, confirm.
-    if let Some(op) = &mut state.in_progress {
-        op.upstream_touched = true;
-    }
-    ctx.store.save(state)?;
-    let old_workers = match apply_upstream(
-        ctx,
-        master,
-        plan.upstream_before.as_deref(),
-        &plan.upstream_after,
-        state.generation + 1,
-        progress,
-    ) {
-        Ok(w) => w,
-        Err(e) => {
-            launched.stop(ctx, progress);
-            state.in_progress = None;
-            ctx.store.save(state)?;
-            return Err(e);
-        }
-    };
+    let old_workers = apply_or_undo(ctx, state, master, plan, &plan.upstream_after, &mut launched, progress)?;
 
     // From here the new release is live: record it before anything else can fail.
     let now = util::now_rfc3339();
