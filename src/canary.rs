@@ -336,6 +336,7 @@ fn change_upstream(
     ctx.store.save(state)?;
     match transaction::apply_upstream(ctx, master, before.as_deref(), text, state.generation + 1, progress) {
         Ok(w) => Ok(w),
+        Err(e) if transaction::is_unsettled(&e) => Err(e),
         Err(e) => {
             state.in_progress = None;
             ctx.store.save(state)?;

@@ -187,13 +187,16 @@ pub fn reconcile(ctx: &Ctx, state: &State) -> Result<Vec<String>> {
     Ok(drift)
 }
 
-/// Finish what a killed run left behind: stop the instances it started that never went live, and put the
-/// upstream file back to what state says is live. Runs under the lock.
+/// Finish what a killed run left behind: put the upstream file back to what state says is live, make nginx run
+/// it, and only then stop the instances that run left. Runs under the lock, before this command's own
+/// operation, so any operation found in progress belongs to a run that is gone.
+///
+/// When the killed run had touched the upstream, nginx is reloaded and confirmed even if the file on disk
+/// already matches: the running nginx may still be on the killed run's file (its reload, or an earlier
+/// recovery's, never completed), and the workers of that file may still route to the instances about to be
+/// stopped. `in_progress` is cleared only at the end, so a recovery that fails or is killed is redone.
 pub fn recover(ctx: &Ctx, state: &mut State, progress: &Progress) -> Result<()> {
     let Some(op) = state.in_progress.clone() else { return Ok(()) };
-    if op.pid == std::process::id() {
-        return Ok(());
-    }
     progress.warn(format!(
         "a `{}` of {} started at {} by pid {} did not finish; cleaning up after it",
         op.kind, op.release, op.started_at, op.pid
@@ -205,27 +208,21 @@ pub fn recover(ctx: &Ctx, state: &mut State, progress: &Progress) -> Result<()> 
         .chain(state.canary.iter().map(|c| &c.deployment))
         .flat_map(|d| d.instances.iter().filter_map(|i| i.pid))
         .collect();
-    // Traffic first: put the upstream back to what state says is live and wait for the workers that still
-    // route by the killed run's file, and only then stop what that run left, so nothing is stopped while
-    // nginx can still send it requests.
     if op.upstream_touched {
         let expected = state.upstream.clone().or(op.upstream_before.clone());
-        let disk = ctx.read_upstream()?;
-        if disk != expected {
+        if ctx.read_upstream()? != expected {
             ctx.restore_upstream(expected.as_deref())?;
-            ctx.nginx.test().context("the restored upstream file does not pass nginx -t")?;
-            let master = ctx.nginx.master()?;
-            let old = master.workers();
-            ctx.nginx.reload(&master)?;
-            ctx.nginx.confirm(&master, &old)?;
-            progress.warn(format!(
-                "restored {} to what was live and reloaded nginx",
-                ctx.config.nginx.upstream_file.display()
-            ));
-            if !master.wait_gone(&old, ctx.config.deploy.drain_timeout.0) {
-                progress.warn("old nginx workers still run after deploy.drain_timeout; stopping leftovers anyway");
-            }
+            progress.warn(format!("restored {} to what is live", ctx.config.nginx.upstream_file.display()));
         }
+        ctx.nginx.test().context("the restored upstream file does not pass nginx -t")?;
+        let master = ctx.nginx.master()?;
+        let old = master.workers();
+        ctx.nginx.reload(&master)?;
+        ctx.nginx.confirm(&master, &old).context("could not confirm the reload that puts back what is live")?;
+        if !master.wait_gone(&old, ctx.config.deploy.drain_timeout.0) {
+            progress.warn("old nginx workers still run after deploy.drain_timeout; stopping leftovers anyway");
+        }
+        progress.warn("nginx reloaded and confirmed on what is live; the killed run's nginx workers are gone");
     }
     for inst in op.started.iter().filter(|i| i.pid.is_some_and(|p| !kept.contains(&p))) {
         let how = proc::stop(inst, ctx.config.app.stop_timeout.0);
@@ -406,13 +403,36 @@ pub fn apply_upstream(
                         progress.warn("nginx workers of the rejected upstream still run after deploy.drain_timeout");
                     }
                 }
-                Err(b) => progress
-                    .warn(format!("reload after restoring the previous upstream was not confirmed either: {b:#}")),
+                Err(b) => {
+                    // nginx may still route by the rejected file: nothing may be stopped on the strength of
+                    // this undo. The operation stays recorded, and the next command's recovery redoes it.
+                    progress.step("reload", t.elapsed(), "not applied; previous upstream restored, reload unconfirmed");
+                    return Err(e.context(Unsettled(format!(
+                        "the previous upstream is back on disk, but reloading nginx with it was not confirmed \
+                         either ({b:#}); the new instances are left running and the next cutover command will \
+                         reload, confirm and clean up (`cutover status` shows the unfinished operation)"
+                    ))));
+                }
             }
             progress.step("reload", t.elapsed(), "not applied; previous upstream restored and reloaded");
             Err(e)
         }
     }
+}
+
+/// An undo that could not be confirmed: nginx may still run the rejected upstream, so the operation must stay
+/// recorded for the next command's [`recover`] instead of being cleaned up now.
+#[derive(Debug)]
+pub struct Unsettled(String);
+
+impl std::fmt::Display for Unsettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub fn is_unsettled(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Unsettled>().is_some()
 }
 
 /// Apply the first upstream that sends traffic to `launched` (marked in state first, so a killed run restores
@@ -432,6 +452,7 @@ pub fn apply_or_undo(
     ctx.store.save(state)?;
     match apply_upstream(ctx, master, plan.upstream_before.as_deref(), text, state.generation + 1, progress) {
         Ok(w) => Ok(w),
+        Err(e) if is_unsettled(&e) => Err(e),
         Err(e) => {
             launched.stop(ctx, progress);
             state.in_progress = None;
@@ -575,7 +596,10 @@ pub fn launch(
                 if let Some(op) = &mut state.in_progress {
                     op.started.push(instance);
                 }
-                ctx.store.save(state)?;
+                if let Err(e) = ctx.store.save(state) {
+                    stop_started(ctx, &mut started, progress);
+                    return Err(e);
+                }
             }
             Err(e) => {
                 stop_started(ctx, &mut started, progress);

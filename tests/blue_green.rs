@@ -708,3 +708,83 @@ fn redeploying_the_live_release_restarts_it_and_keeps_the_previous_release() {
         "{err}"
     );
 }
+
+#[test]
+fn recovery_reloads_and_waits_for_the_killed_runs_workers_before_stopping_its_leftovers() {
+    // A redeploy of the live release killed during its drain: the file on disk already matches state, but
+    // nginx's old workers still carry a request to the replaced instance. The next run must not stop that
+    // instance before those workers are gone.
+    let env = Env::new();
+    env.ok(&["deploy", "--release", "v1"]);
+    let old = env.state()["live"]["instances"][0]["pid"].as_i64().unwrap();
+    let port = env.nginx_port;
+    // A slow upload: nginx buffers the body and connects to the app only once it is complete, so an app stopped
+    // meanwhile turns it into a 502.
+    let long = std::thread::spawn(move || slow_upload(port, 30, Duration::from_millis(100)));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut child =
+        env.cutover().args(["deploy", "--release", "v1"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || env.state()["live"]["instances"][0]["pid"].as_i64() != Some(old)),
+        "the redeploy never flipped"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(env.state()["in_progress"]["started"][0]["pid"], old, "the replaced instance is recorded to stop");
+    // Any command that takes the lock recovers first; `rollback` then finds no previous release (this one
+    // starts nothing, so no new instance can take the stopped one's port and hide a lost request).
+    let (code, _, err) = env.run(&["rollback"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nginx reloaded and confirmed on what is live"), "{err}");
+    assert!(err.contains("stopped leftover v1 on port"), "{err}");
+    let (status, body) = long.join().unwrap().expect("the upload failed");
+    assert_eq!((status, release_of(&body)), (200, "v1".to_string()), "{body}");
+    assert!(!pid_alive(old as i32));
+    env.ok(&["deploy", "--release", "v2"]);
+    assert_eq!(env.serving(), "v2");
+}
+
+#[test]
+fn an_undo_whose_reload_fails_too_leaves_the_operation_for_the_next_run() {
+    // The reload command works once, then fails while `fail-second` exists; the site's generation marker never
+    // changes, so the first reload is not confirmed and the undo needs the second.
+    let env = Env::with(Opts {
+        server_extra: "        location = /.cutover { return 200 \"0\"; }".into(),
+        ..Opts::default()
+    });
+    let d = env.path().display().to_string();
+    let script = format!(
+        "[ -e {d}/reloaded-once ] && [ -e {d}/fail-second ] && exit 1; touch {d}/reloaded-once; \
+         kill -HUP $(cat {d}/nginx/logs/nginx.pid)"
+    );
+    let cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("[nginx]\n", &format!("[nginx]\nreload = [\"sh\", \"-c\", {script:?}]\nconfirm_timeout = \"1s\"\n"));
+    env.write_config(&cfg);
+    env.ok(&["deploy", "--release", "v1"]);
+    std::fs::remove_file(env.path().join("reloaded-once")).unwrap();
+    std::fs::write(env.path().join("fail-second"), "").unwrap();
+    let url = format!("http://127.0.0.1:{}/.cutover", env.nginx_port);
+    let with_url = cfg.replace("[nginx]\n", &format!("[nginx]\nconfirm_url = \"{url}\"\n"));
+    env.write_config(&with_url);
+
+    let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("the next cutover command will reload, confirm and clean up"), "{err}");
+    let s = env.state();
+    assert_eq!(s["live"]["release"], "v1");
+    let v2 = s["in_progress"]["started"][0]["pid"].as_i64().expect("the operation stays recorded") as i32;
+    assert!(pid_alive(v2), "v2 is not stopped while nginx may still route to it");
+    let (_, out, _) = env.run(&["status"]);
+    assert!(out.contains("unfinished: deploy of v2"), "{out}");
+
+    // Once nginx can be reloaded again, the next command finishes the undo before doing its own work.
+    std::fs::remove_file(env.path().join("fail-second")).unwrap();
+    env.write_config(&cfg);
+    let (code, _, err) = env.run(&["deploy", "--release", "v3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nginx reloaded and confirmed on what is live"), "{err}");
+    assert!(err.contains("stopped leftover v2 on port"), "{err}");
+    assert!(!pid_alive(v2));
+    assert_eq!(env.serving(), "v3");
+}

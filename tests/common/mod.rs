@@ -344,6 +344,26 @@ pub fn http_request(port: u16, raw: &str, timeout: Duration) -> std::io::Result<
     Ok((status, body))
 }
 
+/// POST /upload with a body sent in `chunks` pieces of 1 KiB, `pause` apart; status and body of the answer.
+pub fn slow_upload(port: u16, chunks: usize, pause: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "POST /upload HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        chunks * 1024
+    );
+    s.write_all(head.as_bytes())?;
+    for _ in 0..chunks {
+        s.write_all(&[b'x'; 1024])?;
+        std::thread::sleep(pause);
+    }
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
 /// The release named in a fixture response body.
 pub fn release_of(body: &str) -> String {
     let v: Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not a fixture answer ({e}): {body}"));
