@@ -788,3 +788,23 @@ fn an_undo_whose_reload_fails_too_leaves_the_operation_for_the_next_run() {
     assert!(!pid_alive(v2));
     assert_eq!(env.serving(), "v3");
 }
+
+#[test]
+fn a_reader_that_stops_reading_is_not_an_error() {
+    let env = Env::new();
+    env.ok(&["deploy", "--release", "v1"]);
+    for args in [&["render"][..], &["history"], &["status"], &["history", "--json"]] {
+        let mut child = env
+            .cutover()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // like `| head -0`: the pipe is closed before cutover writes
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "cutover {args:?}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "cutover {args:?}: {err}");
+    }
+}

@@ -64,12 +64,12 @@ fn report_canary(ctx: &Ctx, state: &State, kind: &str, progress: &Progress, json
             "total_ms": crate::util::ms(progress.elapsed()),
         }));
     }
-    println!("canary:   {} with {}% of traffic", super::describe(ctx, &c.deployment), c.weight);
+    say!("canary:   {} with {}% of traffic", super::describe(ctx, &c.deployment), c.weight);
     if let Some(live) = &state.live {
-        println!("stable:   {} with {}%", super::describe(ctx, live), 100 - c.weight);
+        say!("stable:   {} with {}%", super::describe(ctx, live), 100 - c.weight);
     }
     let next = c.steps.iter().find(|&&s| s > c.weight).copied().unwrap_or(100);
-    println!(
+    say!(
         "next:     `cutover promote` ({next}%{}), `cutover canary set PCT`, or `cutover abort`",
         if next >= 100 { ": the canary becomes the live release" } else { "" }
     );
@@ -177,9 +177,9 @@ pub fn abort_cmd(ctx: &Ctx, state: &mut State, progress: &mut Progress, kind: &s
             "total_ms": crate::util::ms(progress.elapsed()),
         }))?;
     } else {
-        println!("aborted:  canary {} (stopped)", c.deployment.release);
+        say!("aborted:  canary {} (stopped)", c.deployment.release);
         if let Some(live) = &state.live {
-            println!("live:     {} with all traffic", super::describe(ctx, live));
+            say!("live:     {} with all traffic", super::describe(ctx, live));
         }
     }
     Ok(exit::OK)

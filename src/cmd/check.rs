@@ -199,11 +199,11 @@ fn print(items: &[Item], json: bool) -> Result<()> {
         return super::print_json(&json!({ "ready": ready, "items": items }));
     }
     for i in items {
-        println!("{} {:<18} {}", if i.ok { "ok  " } else { "FAIL" }, i.name, i.detail);
+        say!("{} {:<18} {}", if i.ok { "ok  " } else { "FAIL" }, i.name, i.detail);
         if let Some(f) = &i.fix {
-            println!("     {:<18} fix: {f}", "");
+            say!("     {:<18} fix: {f}", "");
         }
     }
-    println!("{}", if ready { "ready to deploy" } else { "not ready: fix the items marked FAIL" });
+    say!("{}", if ready { "ready to deploy" } else { "not ready: fix the items marked FAIL" });
     Ok(())
 }

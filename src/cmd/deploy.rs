@@ -127,13 +127,13 @@ pub fn report(
             "total_ms": crate::util::ms(progress.elapsed()),
         }));
     }
-    println!("live:     {}", super::describe(ctx, &o.live));
+    say!("live:     {}", super::describe(ctx, &o.live));
     if let Some(p) = &o.previous {
-        println!("previous: {}", super::describe(ctx, p));
+        say!("previous: {}", super::describe(ctx, p));
     }
     let steps: Vec<String> = progress.steps.iter().map(|s| format!("{} {} ms", s.name, s.ms)).collect();
-    println!("steps:    {}", steps.join(", "));
-    println!("total:    {}", crate::util::human_ms(progress.elapsed()));
+    say!("steps:    {}", steps.join(", "));
+    say!("total:    {}", crate::util::human_ms(progress.elapsed()));
     Ok(())
 }
 
@@ -145,14 +145,14 @@ fn print_plan(ctx: &Ctx, plan: &Plan, strategy: Strategy, json: bool) -> Result<
         return super::print_json(&json!({ "dry_run": true, "plan": plan, "diff": diff }));
     }
     let c = &ctx.config;
-    println!("plan: {} {} ({}) for app {}", plan.kind, plan.release, plan.strategy, c.app.name);
+    say!("plan: {} {} ({}) for app {}", plan.kind, plan.release, plan.strategy, c.app.name);
     for i in &plan.reclaim {
-        println!("  stop idle previous {} on port {} to free its port", i.release, i.port);
+        say!("  stop idle previous {} on port {} to free its port", i.release, i.port);
     }
     if !plan.new_ports.is_empty() {
         let ports: Vec<String> = plan.new_ports.iter().map(|p| p.to_string()).collect();
-        println!("  start {} instance(s) of {} on port {}", plan.new_ports.len(), plan.release, ports.join(", "));
-        println!(
+        say!("  start {} instance(s) of {} on port {}", plan.new_ports.len(), plan.release, ports.join(", "));
+        say!(
             "  health-check GET {} until {} consecutive pass(es), deadline {}",
             ctx.health_url(plan.new_ports[0]),
             c.health.successes,
@@ -160,12 +160,12 @@ fn print_plan(ctx: &Ctx, plan: &Plan, strategy: Strategy, json: bool) -> Result<
         );
     }
     for p in &plan.reuse_ports {
-        println!("  switch to {} already running on port {p}", plan.release);
+        say!("  switch to {} already running on port {p}", plan.release);
     }
     if strategy == Strategy::Canary {
         let c = &c.canary;
         let steps: Vec<String> = c.steps.iter().map(|p| format!("{}%", p.0)).collect();
-        println!(
+        say!(
             "  canary steps {} ({}), each written, nginx -t, reloaded and confirmed, held {} with analysis \
              (max_error_rate {}, min_requests {})",
             steps.join(" -> "),
@@ -174,21 +174,21 @@ fn print_plan(ctx: &Ctx, plan: &Plan, strategy: Strategy, json: bool) -> Result<
             c.max_error_rate.0,
             c.min_requests
         );
-        println!("  at 100%:");
+        say!("  at 100%:");
     }
-    println!("  write {path}, nginx -t, reload nginx and confirm new workers");
-    println!("  wait for the old nginx workers to exit (up to {})", c.deploy.drain_timeout);
+    say!("  write {path}, nginx -t, reload nginx and confirm new workers");
+    say!("  wait for the old nginx workers to exit (up to {})", c.deploy.drain_timeout);
     for i in &plan.stop_after {
-        println!("  stop {} on port {} (SIGTERM, SIGKILL after {})", i.release, i.port, c.app.stop_timeout);
+        say!("  stop {} on port {} (SIGTERM, SIGKILL after {})", i.release, i.port, c.app.stop_timeout);
     }
     for i in &plan.keep {
-        println!("  keep {} on port {} running idle for rollback", i.release, i.port);
+        say!("  keep {} on port {} running idle for rollback", i.release, i.port);
     }
     let label = if strategy == Strategy::Canary { "upstream diff at the first step" } else { "upstream diff" };
     if diff.is_empty() {
-        println!("upstream file unchanged");
+        say!("upstream file unchanged");
     } else {
-        println!("{label}:\n{diff}");
+        say!("{label}:\n{diff}");
     }
     eprintln!("cutover: dry run: nothing was started, written or reloaded");
     Ok(())

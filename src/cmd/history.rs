@@ -14,16 +14,13 @@ pub fn run(ctx: &Ctx, args: HistoryArgs, json: bool) -> Result<i32> {
         return Ok(exit::OK);
     }
     if shown.is_empty() {
-        println!("no deploys yet for {}", ctx.config.app.name);
+        say!("no deploys yet for {}", ctx.config.app.name);
         return Ok(exit::OK);
     }
-    println!(
-        "{:<24}  {:<10}  {:<12}  {:<12}  {:<14}  {:>8}  steps",
-        "at", "kind", "release", "from", "outcome", "total"
-    );
+    say!("{:<24}  {:<10}  {:<12}  {:<12}  {:<14}  {:>8}  steps", "at", "kind", "release", "from", "outcome", "total");
     for e in shown {
         let steps: Vec<String> = e.steps.iter().map(|s| format!("{} {}", s.name, s.ms)).collect();
-        println!(
+        say!(
             "{:<24}  {:<10}  {:<12}  {:<12}  {:<14}  {:>5} ms  {}",
             e.at,
             e.kind,
@@ -34,7 +31,7 @@ pub fn run(ctx: &Ctx, args: HistoryArgs, json: bool) -> Result<i32> {
             steps.join(", ")
         );
         if let Some(m) = &e.message {
-            println!("{:<24}  {m}", "");
+            say!("{:<24}  {m}", "");
         }
     }
     Ok(exit::OK)

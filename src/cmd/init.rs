@@ -23,11 +23,11 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<i32> {
         .replace("NAME", name.as_str());
     std::fs::write(config_path, config).with_context(|| format!("could not write {}", config_path.display()))?;
     std::fs::write(&args.site, site).with_context(|| format!("could not write {}", args.site.display()))?;
-    println!("wrote {} and {}", config_path.display(), args.site.display());
-    println!("next: edit app.start, then");
-    println!("      mkdir -p /etc/nginx/cutover && cutover render > /etc/nginx/cutover/{name}.upstream.conf");
-    println!("      cp {} /etc/nginx/sites-enabled/{name} && nginx -t && systemctl reload nginx", args.site.display());
-    println!("      cutover check");
+    say!("wrote {} and {}", config_path.display(), args.site.display());
+    say!("next: edit app.start, then");
+    say!("      mkdir -p /etc/nginx/cutover && cutover render > /etc/nginx/cutover/{name}.upstream.conf");
+    say!("      cp {} /etc/nginx/sites-enabled/{name} && nginx -t && systemctl reload nginx", args.site.display());
+    say!("      cutover check");
     Ok(exit::OK)
 }
 

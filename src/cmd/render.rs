@@ -19,12 +19,12 @@ pub fn run(ctx: &Ctx, args: RenderArgs, json: bool) -> Result<i32> {
         if json {
             super::print_json(&json!({ "path": path, "differs": !diff.is_empty(), "diff": diff }))?;
         } else {
-            print!("{diff}");
+            put!("{diff}");
         }
     } else if json {
         super::print_json(&json!({ "path": path, "upstream": text }))?;
     } else {
-        print!("{text}");
+        put!("{text}");
     }
     Ok(exit::OK)
 }

@@ -110,9 +110,9 @@ pub fn run(ctx: &Ctx, args: StatusArgs, json: bool) -> Result<i32> {
             "last_event": last,
         }))?;
     } else {
-        println!("app:       {}", ctx.config.app.name);
+        say!("app:       {}", ctx.config.app.name);
         match &live {
-            None => println!("live:      nothing deployed"),
+            None => say!("live:      nothing deployed"),
             Some(d) => print_deployment("live:", d),
         }
         if let Some(c) = &canary {
@@ -127,34 +127,34 @@ pub fn run(ctx: &Ctx, args: StatusArgs, json: bool) -> Result<i32> {
                     .map(|i| format!("{} (pid {})", i.address, i.pid.unwrap_or(0)))
                     .collect();
                 if running.is_empty() {
-                    println!("previous:  {} (stopped)", p.release);
+                    say!("previous:  {} (stopped)", p.release);
                 } else {
-                    println!("previous:  {} running idle on {}", p.release, running.join(", "));
+                    say!("previous:  {} running idle on {}", p.release, running.join(", "));
                 }
             }
-            None => println!("previous:  none"),
+            None => say!("previous:  none"),
         }
         let path = ctx.config.nginx.upstream_file.display();
         match &drift {
             None if state.upstream.is_some() => {
-                println!("upstream:  {path} matches state (generation {})", state.generation)
+                say!("upstream:  {path} matches state (generation {})", state.generation)
             }
-            None => println!("upstream:  {path} (nothing written by cutover yet)"),
-            Some(d) => println!("upstream:  DRIFT: {d}: {path} (see `cutover render --diff`)"),
+            None => say!("upstream:  {path} (nothing written by cutover yet)"),
+            Some(d) => say!("upstream:  DRIFT: {d}: {path} (see `cutover render --diff`)"),
         }
         match &holder {
-            Some(h) => println!("lock:      held by {h}"),
-            None => println!("lock:      free"),
+            Some(h) => say!("lock:      held by {h}"),
+            None => say!("lock:      free"),
         }
         if let Some(op) = &state.in_progress {
-            println!("unfinished: {} of {} by pid {} since {}", op.kind, op.release, op.pid, op.started_at);
+            say!("unfinished: {} of {} by pid {} since {}", op.kind, op.release, op.pid, op.started_at);
         }
         match &last {
-            Some(e) => println!("last:      {} {} {} at {} ({} ms)", e.kind, e.release, e.outcome, e.at, e.total_ms),
-            None => println!("last:      no deploys yet"),
+            Some(e) => say!("last:      {} {} {} at {} ({} ms)", e.kind, e.release, e.outcome, e.at, e.total_ms),
+            None => say!("last:      no deploys yet"),
         }
         for u in &unhealthy {
-            println!("unhealthy: {u}");
+            say!("unhealthy: {u}");
         }
     }
     if args.check && !ok {
@@ -170,14 +170,14 @@ pub fn run(ctx: &Ctx, args: StatusArgs, json: bool) -> Result<i32> {
 }
 
 fn print_deployment(label: &str, d: &DeploymentReport) {
-    println!("{label:<10} {} ({}% of traffic) since {}", d.release, d.weight, d.since);
+    say!("{label:<10} {} ({}% of traffic) since {}", d.release, d.weight, d.since);
     for i in &d.instances {
         let health = match (i.alive, i.healthy) {
             (false, _) => "NOT RUNNING".to_string(),
             (true, Some(true)) => "healthy".into(),
             (true, _) => format!("UNHEALTHY ({})", i.health_error.as_deref().unwrap_or("?")),
         };
-        println!(
+        say!(
             "  {:<22} pid {:<8} {:<10} weight {:.0}%  since {}",
             i.address,
             i.pid.map(|p| p.to_string()).unwrap_or("-".into()),
