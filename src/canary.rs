@@ -154,7 +154,9 @@ fn start(
     let mut launched = transaction::launch(ctx, state, target, plan, env, progress)?;
     let deployment =
         Deployment { release: target.release.to_string(), instances: launched.instances(), since: util::now_rfc3339() };
-    let old_workers = transaction::apply_or_undo(ctx, state, master, plan, &text, &mut launched, progress)?;
+    let before = plan.upstream_before.as_deref();
+    let old_workers =
+        transaction::apply_recorded(ctx, state, master, before, &text, progress, |p| launched.stop(ctx, p))?;
     // Recorded before the settle: nginx routes to the canary from the reload on.
     state.generation += 1;
     state.upstream = Some(text);
@@ -181,10 +183,8 @@ pub fn drive(ctx: &Ctx, state: &mut State, progress: &mut Progress) -> Result<Ou
         if let Some(reason) = verdict {
             return Err(abort_for(ctx, state, &reason, progress));
         }
-        let next =
-            c.step.map(|s| s + 1).unwrap_or_else(|| c.steps.iter().position(|&s| s > c.weight).unwrap_or(usize::MAX));
-        match c.steps.get(next) {
-            Some(&pct) if pct < 100 => set_weight(ctx, state, pct, Some(next), progress)?,
+        match c.next_step() {
+            Some((next, pct)) if pct < 100 => set_weight(ctx, state, pct, Some(next), progress)?,
             _ => return finish(ctx, state, progress),
         }
     }
@@ -300,17 +300,8 @@ pub fn set_weight(ctx: &Ctx, state: &mut State, pct: u8, step: Option<usize>, pr
 /// Wait for the old nginx workers to exit: until then they still accept connections and route them by the
 /// previous weights, so a step (and its analysis window, and a sticky user's side) is in effect only after.
 fn settle(ctx: &Ctx, master: &Master, old_workers: &[i32], progress: &mut Progress) {
-    let t = Instant::now();
-    if master.wait_gone(old_workers, ctx.config.deploy.drain_timeout.0) {
-        progress.step("settle", t.elapsed(), format!("{} old nginx worker(s) exited", old_workers.len()));
-    } else {
-        progress.step("settle", t.elapsed(), "old nginx workers still running");
-        progress.warn(format!(
-            "old nginx workers still run after deploy.drain_timeout {}; they route by the previous weights until \
-             they exit",
-            ctx.config.deploy.drain_timeout
-        ));
-    }
+    let consequence = "; they route by the previous weights until they exit";
+    transaction::wait_old_workers(ctx, master, old_workers, "settle", consequence, progress);
 }
 
 /// One change of a running canary's upstream: recorded as the operation in progress (with `to_stop`, the
@@ -331,18 +322,14 @@ fn change_upstream(
     transaction::begin_op(ctx, state, kind, &c.deployment.release, before.clone())?;
     if let Some(op) = &mut state.in_progress {
         op.started = to_stop;
-        op.upstream_touched = true;
     }
-    ctx.store.save(state)?;
-    match transaction::apply_upstream(ctx, master, before.as_deref(), text, state.generation + 1, progress) {
-        Ok(w) => Ok(w),
-        Err(e) if transaction::is_unsettled(&e) => Err(e),
-        Err(e) => {
-            state.in_progress = None;
-            ctx.store.save(state)?;
-            Err(e.context(format!("the canary stays at {}%", c.weight)))
+    transaction::apply_recorded(ctx, state, master, before.as_deref(), text, progress, |_| {}).map_err(|e| {
+        if transaction::is_unsettled(&e) {
+            e
+        } else {
+            e.context(format!("the canary stays at {}%", c.weight))
         }
-    }
+    })
 }
 
 /// Promote: the canary becomes the live release, the stable one is drained and stopped (or kept idle with

@@ -70,6 +70,18 @@ pub struct CanaryState {
     pub step: Option<usize>,
 }
 
+impl CanaryState {
+    /// The step `promote` or the end of a hold moves to: its index in `steps` and its share; `None` past the
+    /// last step. After a weight set by hand (`step` is `None`) it is the first step above that weight.
+    pub fn next_step(&self) -> Option<(usize, u8)> {
+        let i = match self.step {
+            Some(s) => s + 1,
+            None => self.steps.iter().position(|&s| s > self.weight)?,
+        };
+        self.steps.get(i).map(|&p| (i, p))
+    }
+}
+
 /// The operation that was under way when state was last written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {

@@ -435,26 +435,28 @@ pub fn is_unsettled(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Unsettled>().is_some()
 }
 
-/// Apply the first upstream that sends traffic to `launched` (marked in state first, so a killed run restores
-/// it). On failure the previous file is back, the new instances are stopped and `in_progress` is cleared.
-pub fn apply_or_undo(
+/// Write, validate, reload and confirm `text` as the upstream of the operation in progress, marked in state
+/// first so that a killed run restores it. On failure the previous file is back, `undo` runs and the operation
+/// is cleared; when even the reload of the previous file went unconfirmed ([`Unsettled`]), both are left to
+/// the next command's [`recover`]. Returns the old workers, for the drain.
+pub fn apply_recorded(
     ctx: &Ctx,
     state: &mut State,
     master: &Master,
-    plan: &Plan,
+    before: Option<&str>,
     text: &str,
-    launched: &mut Launched,
     progress: &mut Progress,
+    undo: impl FnOnce(&mut Progress),
 ) -> Result<Vec<i32>> {
     if let Some(op) = &mut state.in_progress {
         op.upstream_touched = true;
     }
     ctx.store.save(state)?;
-    match apply_upstream(ctx, master, plan.upstream_before.as_deref(), text, state.generation + 1, progress) {
+    match apply_upstream(ctx, master, before, text, state.generation + 1, progress) {
         Ok(w) => Ok(w),
         Err(e) if is_unsettled(&e) => Err(e),
         Err(e) => {
-            launched.stop(ctx, progress);
+            undo(progress);
             state.in_progress = None;
             ctx.store.save(state)?;
             Err(e)
@@ -464,17 +466,27 @@ pub fn apply_or_undo(
 
 /// The `CUTOVER_*` variables hooks see.
 pub fn hook_env(state: &State, target: &Target, plan: &Plan) -> BTreeMap<&'static str, String> {
-    let previous_release = state.live.as_ref().map(|d| d.release.clone()).unwrap_or_default();
-    let mut env: BTreeMap<&str, String> = BTreeMap::new();
-    env.insert("CUTOVER_RELEASE", target.release.to_string());
-    env.insert("CUTOVER_PREVIOUS_RELEASE", previous_release);
-    env.insert("CUTOVER_KIND", target.kind.to_string());
-    env.insert("CUTOVER_STRATEGY", target.strategy.clone());
-    env.insert(
-        "CUTOVER_PORTS",
-        plan.reuse_ports.iter().chain(&plan.new_ports).map(|p| p.to_string()).collect::<Vec<_>>().join(","),
-    );
-    env
+    let previous = state.live.as_ref().map(|d| d.release.as_str()).unwrap_or_default();
+    let ports = plan.reuse_ports.iter().chain(&plan.new_ports).copied();
+    hook_vars(target.release.as_str(), previous, target.kind, &target.strategy, ports)
+}
+
+/// The `CUTOVER_*` variables from their parts.
+pub fn hook_vars(
+    release: &str,
+    previous: &str,
+    kind: &str,
+    strategy: &str,
+    ports: impl IntoIterator<Item = u16>,
+) -> BTreeMap<&'static str, String> {
+    let ports: Vec<String> = ports.into_iter().map(|p| p.to_string()).collect();
+    BTreeMap::from([
+        ("CUTOVER_RELEASE", release.to_string()),
+        ("CUTOVER_PREVIOUS_RELEASE", previous.to_string()),
+        ("CUTOVER_KIND", kind.to_string()),
+        ("CUTOVER_STRATEGY", strategy.to_string()),
+        ("CUTOVER_PORTS", ports.join(",")),
+    ])
 }
 
 /// Record the operation in state before its first side effect, so a killed run can be cleaned up after.
@@ -691,18 +703,14 @@ pub fn drain_and_stop(
     progress: &mut Progress,
 ) -> (bool, Instant, Vec<Instance>) {
     let config = &ctx.config;
-    let t = Instant::now();
-    let drained = master.wait_gone(old_workers, config.deploy.drain_timeout.0);
-    if drained {
-        progress.step("drain", t.elapsed(), format!("{} old nginx worker(s) exited", old_workers.len()));
-    } else {
-        progress.step("drain", t.elapsed(), "old nginx workers still running");
-        progress.warn(format!(
-            "old nginx workers still run after deploy.drain_timeout {} (long requests or open connections); \
-             stopping anyway",
-            config.deploy.drain_timeout
-        ));
-    }
+    let drained = wait_old_workers(
+        ctx,
+        master,
+        old_workers,
+        "drain",
+        " (long requests or open connections); stopping anyway",
+        progress,
+    );
     let drained_at = Instant::now();
     let t = Instant::now();
     let mut stopped = Vec::new();
@@ -718,6 +726,28 @@ pub fn drain_and_stop(
         progress.step("stop", t.elapsed(), format!("stopped {}", what.join(", ")));
     }
     (drained, drained_at, stopped)
+}
+
+/// Wait (at most `deploy.drain_timeout`) for nginx's `old_workers` to exit, reported as step `step`; when they
+/// outlive it, warn, ending with `consequence`. True when they are gone.
+pub fn wait_old_workers(
+    ctx: &Ctx,
+    master: &Master,
+    old_workers: &[i32],
+    step: &str,
+    consequence: &str,
+    progress: &mut Progress,
+) -> bool {
+    let timeout = ctx.config.deploy.drain_timeout;
+    let t = Instant::now();
+    let gone = master.wait_gone(old_workers, timeout.0);
+    if gone {
+        progress.step(step, t.elapsed(), format!("{} old nginx worker(s) exited", old_workers.len()));
+    } else {
+        progress.step(step, t.elapsed(), "old nginx workers still running");
+        progress.warn(format!("old nginx workers still run after deploy.drain_timeout {timeout}{consequence}"));
+    }
+    gone
 }
 
 /// What was live becomes the previous release (its instances kept running or marked stopped); an older
@@ -748,7 +778,10 @@ fn run_steps(
     let (healthy_at, healthy_unix_ms) = (launched.healthy_at, launched.healthy_unix_ms);
 
     // 6–8. Render (done in the plan), write, validate, reload, confirm.
-    let old_workers = apply_or_undo(ctx, state, master, plan, &plan.upstream_after, &mut launched, progress)?;
+    let old_workers =
+        apply_recorded(ctx, state, master, plan.upstream_before.as_deref(), &plan.upstream_after, progress, |p| {
+            launched.stop(ctx, p)
+        })?;
 
     // From here the new release is live: record it before anything else can fail.
     let now = util::now_rfc3339();

@@ -68,7 +68,7 @@ fn report_canary(ctx: &Ctx, state: &State, kind: &str, progress: &Progress, json
     if let Some(live) = &state.live {
         say!("stable:   {} with {}%", super::describe(ctx, live), 100 - c.weight);
     }
-    let next = c.steps.iter().find(|&&s| s > c.weight).copied().unwrap_or(100);
+    let next = c.next_step().map(|(_, pct)| pct).unwrap_or(100);
     say!(
         "next:     `cutover promote` ({next}%{}), `cutover canary set PCT`, or `cutover abort`",
         if next >= 100 { ": the canary becomes the live release" } else { "" }
@@ -93,13 +93,9 @@ pub fn promote(ctx: &Ctx, args: LockArgs, json: bool) -> Result<i32> {
     need_canary(&state)?;
     let c = state.canary.clone().expect("checked");
     let from = state.live.as_ref().map(|d| d.release.clone());
-    let next = match c.step {
-        Some(s) => s + 1,
-        None => c.steps.iter().position(|&s| s > c.weight).unwrap_or(c.steps.len()),
-    };
-    let to_pct = c.steps.get(next).copied().filter(|&p| p < 100);
-    let result = match to_pct {
-        Some(pct) => {
+    let to = c.next_step().filter(|&(_, pct)| pct < 100);
+    let result = match to {
+        Some((next, pct)) => {
             progress.note(format!("promoting canary {} from {}% to {pct}%", c.deployment.release, c.weight));
             canary::set_weight(ctx, &mut state, pct, Some(next), &mut progress).map(|()| None)
         }
@@ -115,7 +111,7 @@ pub fn promote(ctx: &Ctx, args: LockArgs, json: bool) -> Result<i32> {
             release: &c.deployment.release,
             from: from.clone(),
             strategy: Some("canary".into()),
-            ok: if to_pct.is_some() { "canary-step" } else { "ok" },
+            ok: if to.is_some() { "canary-step" } else { "ok" },
         },
         &result,
         &progress,
@@ -212,18 +208,13 @@ pub fn run(ctx: &Ctx, args: CanaryArgs, json: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// The hook variables after a canary command: the ports are those of what is live now.
 fn hook_env(
     state: &State,
     kind: &str,
     release: &str,
     previous: Option<&str>,
 ) -> std::collections::BTreeMap<&'static str, String> {
-    let mut env = std::collections::BTreeMap::new();
-    env.insert("CUTOVER_RELEASE", release.to_string());
-    env.insert("CUTOVER_PREVIOUS_RELEASE", previous.unwrap_or_default().to_string());
-    env.insert("CUTOVER_KIND", kind.to_string());
-    env.insert("CUTOVER_STRATEGY", "canary".to_string());
-    let ports: Vec<String> = state.live.iter().flat_map(|d| d.instances.iter().map(|i| i.port.to_string())).collect();
-    env.insert("CUTOVER_PORTS", ports.join(","));
-    env
+    let ports = state.live.iter().flat_map(|d| d.instances.iter().map(|i| i.port));
+    transaction::hook_vars(release, previous.unwrap_or_default(), kind, "canary", ports)
 }
