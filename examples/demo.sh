@@ -22,17 +22,7 @@ die() {
 }
 
 # --- What the demo needs ------------------------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || need+=(nginx)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ "${#need[@]}" -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "installing: ${need[*]}" >&2
-    $sudo apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+bash "$REPO/.ci/install-missing" nginx python3 curl
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs) and run this again"
 
 echo "building cutover (cargo build --release --locked) ..."

@@ -482,23 +482,26 @@ http {{
         self.deploys.append(rec)
         return rec, r
 
-    def cutover_deploys(self, mode, label):
+    def deploy_phase(self, mode, tool, secs_each, reserve, verb, what, deploy_one):
+        """N deploys by `deploy_one(mode)` under one wrk run, recorded as one phase of `tool`."""
         n = self.a.deploys
-        w = self.start_wrk(mode, n * 15 + 20, "cutover-deploy-" + mode)
+        w = self.start_wrk(mode, n * secs_each + 20, "%s-deploy-%s" % (tool, mode))
         recs = []
         for i in range(n):
-            if self.time_left() < 60:
-                self.notes.append("time budget: cutover %s deploys stopped after %d" % (mode, i))
+            if self.time_left() < reserve:
+                self.notes.append("time budget: %s %s deploys stopped after %d" % (tool, mode, i))
                 break
-            rec, _ = self.one_deploy(mode)
-            recs.append(rec)
+            recs.append(deploy_one(mode))
             time.sleep(self.a.gap)
         res, early, cmd = self.stop_wrk(w)
-        ev = self.collect_logs([("deploy " + r["release"], r["start_unix"], r["end_unix"]) for r in recs],
+        ev = self.collect_logs([("%s %s" % (verb, r["release"]), r["start_unix"], r["end_unix"]) for r in recs],
                                self.wrk_stop_unix)
-        self.record_phase(tool="cutover", mode=mode, what="%d blue/green deploys" % len(recs), ops=len(recs),
+        self.record_phase(tool=tool, mode=mode, what="%d %s" % (len(recs), what), ops=len(recs),
                           ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=res, wrk_cmd=cmd,
                           wrk_ended_early=early, evidence=ev)
+
+    def cutover_deploys(self, mode):
+        self.deploy_phase(mode, "cutover", 15, 60, "deploy", "blue/green deploys", lambda m: self.one_deploy(m)[0])
 
     def floor(self, mode):
         n = self.a.deploys
@@ -695,21 +698,8 @@ http {{
         self.collect_logs([])
 
     def baseline_deploys(self, mode):
-        n = self.a.deploys
-        w = self.start_wrk(mode, n * (self.a.baseline_sleep + 10) + 20, "baseline-deploy-" + mode)
-        recs = []
-        for i in range(n):
-            if self.time_left() < 45:
-                self.notes.append("time budget: baseline %s deploys stopped after %d" % (mode, i))
-                break
-            recs.append(self.baseline_switch(mode))
-            time.sleep(self.a.gap)
-        res, early, cmd = self.stop_wrk(w)
-        ev = self.collect_logs([("switch " + r["release"], r["start_unix"], r["end_unix"]) for r in recs],
-                               self.wrk_stop_unix)
-        self.record_phase(tool="baseline", mode=mode, what="%d switch.sh deploys" % len(recs), ops=len(recs),
-                          ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=res, wrk_cmd=cmd,
-                          wrk_ended_early=early, evidence=ev)
+        self.deploy_phase(mode, "baseline", self.a.baseline_sleep + 10, 45, "switch", "switch.sh deploys",
+                          self.baseline_switch)
 
     # ---------------------------------------------------------------- run
 
@@ -732,7 +722,7 @@ http {{
             self.notes.append("sanity: long requests failed WITHOUT any deploy: %s" % self.sanity["failures"])
         self.collect_logs([])
         for mode, _ in MODES:
-            self.cutover_deploys(mode, mode)
+            self.cutover_deploys(mode)
             self.floor(mode)
             self.rollbacks(mode)
             self.canaries(mode)
