@@ -3,15 +3,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+use crate::strategy::Strategy;
 
 /// Zero-downtime deploys on one Linux host behind nginx.
 ///
 /// cutover starts the new release on an idle port, health-checks it, renders the nginx upstream, validates it
 /// with `nginx -t`, reloads nginx and confirms the reload, drains the old release and stops it. Every step is
 /// undone if a later one fails. Exit codes: 0 done, 1 unexpected error, 2 usage or invalid config, 3 new release
-/// unhealthy, 4 nginx rejected the config or the reload was not applied, 5 locked, 6 canary aborted,
-/// 7 `status --check` found drift or an unhealthy live instance.
+/// unhealthy (also after the switch), 4 nginx rejected the config or the reload was not applied, 5 locked,
+/// 6 canary aborted, 7 `status --check` found a problem, 8 refused: the host is not in a state where this can
+/// run (nothing changed).
 #[derive(Debug, Parser)]
 #[command(name = "cutover", version, max_term_width = 110)]
 pub struct Cli {
@@ -49,6 +52,8 @@ pub enum Command {
     Render(RenderArgs),
     /// List past deploys and rollbacks with outcome and step timings
     History(HistoryArgs),
+    /// Finish or undo an operation a killed run left (exit 0 when there is none)
+    Recover(LockArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -58,7 +63,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct LockArgs {
-    /// Wait up to this long for another cutover run to finish instead of failing with exit 5 (e.g. 5m)
+    /// Wait up to this long for another cutover run to finish instead of failing with exit 5 (e.g. 5m, at most
+    /// 24h)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub lock_wait: Option<Duration>,
 }
@@ -70,7 +76,7 @@ pub struct DeployArgs {
     pub release: String,
     /// Override deploy.strategy
     #[arg(long, value_enum)]
-    pub strategy: Option<StrategyArg>,
+    pub strategy: Option<Strategy>,
     /// Print the plan and the upstream diff; start nothing, write nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -81,17 +87,10 @@ pub struct DeployArgs {
     pub lock: LockArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StrategyArg {
-    BlueGreen,
-    Canary,
-    /// Not built yet: `deploy` says so.
-    Rolling,
-}
-
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Exit 7 when the upstream file drifted or a live instance is down or unhealthy
+    /// Exit 7 on drift, a live instance down or unhealthy, an unfinished operation, an automatic canary nobody
+    /// analyses, or nginx not running
     #[arg(long)]
     pub check: bool,
 }
@@ -153,5 +152,5 @@ pub struct InitArgs {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 250ms, 30s, 5m)"))
+    crate::config::parse_duration(s)
 }

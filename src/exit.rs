@@ -5,25 +5,74 @@
 
 use std::fmt;
 
-pub const OK: i32 = 0;
-pub const UNEXPECTED: i32 = 1;
-pub const USAGE: i32 = 2;
-pub const UNHEALTHY: i32 = 3;
-pub const NGINX: i32 = 4;
-pub const LOCKED: i32 = 5;
-pub const CANARY_ABORTED: i32 = 6;
-pub const CHECK_FAILED: i32 = 7;
+use serde::Serialize;
+
+/// What a cutover run ended with. The numbers are the documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Code {
+    /// 0: done.
+    Ok,
+    /// 1: an error nobody planned for.
+    Unexpected,
+    /// 2: a usage error or an invalid config.
+    Usage,
+    /// 3: the new release failed its health check (also after the switch); traffic is on the old release.
+    Unhealthy,
+    /// 4: nginx rejected the config or the reload could not be confirmed; the previous config is back.
+    Nginx,
+    /// 5: another cutover run holds the lock.
+    Locked,
+    /// 6: a canary (or a rolling batch) was aborted by analysis and rolled back.
+    CanaryAborted,
+    /// 7: `status --check` found something wrong.
+    CheckFailed,
+    /// 8: refused: the host is not in a state where this can run; nothing changed.
+    Refused,
+}
+
+impl Code {
+    pub fn number(self) -> i32 {
+        match self {
+            Code::Ok => 0,
+            Code::Unexpected => 1,
+            Code::Usage => 2,
+            Code::Unhealthy => 3,
+            Code::Nginx => 4,
+            Code::Locked => 5,
+            Code::CanaryAborted => 6,
+            Code::CheckFailed => 7,
+            Code::Refused => 8,
+        }
+    }
+}
 
 /// An error that carries its exit code. Its message is the whole story for the user.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: i32,
+    pub code: Code,
     pub message: String,
+    /// Set when the failure came after traffic had moved and cutover moved it back to the older release.
+    pub returned: Option<Returned>,
+}
+
+/// How traffic got back to the older release before the failure was reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    /// The new release died or turned unhealthy in the verify window; the flip was undone.
+    AfterSwitch,
+    /// Analysis aborted a canary or a rolling deploy and rolled it back.
+    Aborted,
 }
 
 impl Failure {
-    pub fn error(code: i32, message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Failure { code, message: message.into() })
+    pub fn error(code: Code, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Failure { code, message: message.into(), returned: None })
+    }
+
+    /// A failure reported after traffic was returned to the older release.
+    pub fn returned(code: Code, message: impl Into<String>, how: Returned) -> anyhow::Error {
+        anyhow::Error::new(Failure { code, message: message.into(), returned: Some(how) })
     }
 }
 
@@ -35,11 +84,34 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// The exit code for an error: the code of the first [`Failure`] in its chain, else 1.
-pub fn code_of(err: &anyhow::Error) -> i32 {
-    err.chain().find_map(|e| e.downcast_ref::<Failure>()).map(|f| f.code).unwrap_or(UNEXPECTED)
+/// The exit code for an error: the code of the first [`Failure`] in its chain, else [`Code::Unexpected`].
+pub fn code_of(err: &anyhow::Error) -> Code {
+    err.chain().find_map(|e| e.downcast_ref::<Failure>()).map(|f| f.code).unwrap_or(Code::Unexpected)
+}
+
+/// How traffic was returned before the failure, if it was.
+pub fn returned_of(err: &anyhow::Error) -> Option<Returned> {
+    err.chain().find_map(|e| e.downcast_ref::<Failure>()).and_then(|f| f.returned)
 }
 
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    Failure::error(USAGE, message)
+    Failure::error(Code::Usage, message)
+}
+
+/// An expected refusal (exit 8): the host is not in a state where the command can run, and nothing changed.
+pub fn refused(message: impl Into<String>) -> anyhow::Error {
+    Failure::error(Code::Refused, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_failure_in_the_chain_sets_the_code() {
+        let e = Failure::error(Code::Nginx, "nginx said no").context("deploy failed");
+        assert_eq!(code_of(&e), Code::Nginx);
+        assert_eq!(code_of(&anyhow::anyhow!("boom")), Code::Unexpected);
+        assert_eq!(Code::Refused.number(), 8);
+    }
 }

@@ -1,4 +1,6 @@
-//! One deploy per app at a time: an exclusive `flock` on `<state_dir>/<app>/lock`.
+//! One deploy per app at a time: an exclusive `flock` on `<state_dir>/<app>/lock`; and one upstream change per
+//! nginx at a time: `<state_dir>/nginx.lock`, held from writing a candidate upstream file to confirming the
+//! reload, so that one app's `nginx -t` never sees another app's half-done candidate.
 //!
 //! The lock file also names its holder (pid, command, since when) so that a second run can say who is in the
 //! way. The kernel drops the `flock` when its holder dies, however it dies; a holder record still in the file
@@ -13,9 +15,20 @@ use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::exit::{Failure, LOCKED};
-use crate::state::Store;
-use crate::{proc, util};
+use std::path::Path;
+
+use crate::exit::{Code, Failure};
+use crate::host::proc;
+use crate::util;
+
+/// Which lock: it changes only what the messages say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One app's operations.
+    App,
+    /// Upstream changes on the nginx every app shares.
+    Nginx,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Holder {
@@ -41,8 +54,7 @@ impl Drop for Lock {
     }
 }
 
-fn open(store: &Store) -> Result<File> {
-    let path = store.lock_path();
+fn open(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -50,7 +62,7 @@ fn open(store: &Store) -> Result<File> {
         .truncate(false)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("could not open lock file {}", path.display()))
 }
 
@@ -64,9 +76,9 @@ fn read_holder(file: &mut File) -> Option<Holder> {
 /// Take the lock, waiting up to `wait` for a holder to finish. A holder that is still there afterwards is a
 /// [`Failure`] with exit code 5 naming it. Returns the lock and, when the previous holder died without
 /// releasing, who that was.
-pub fn acquire(store: &Store, wait: Option<Duration>) -> Result<(Lock, Option<Holder>)> {
+pub fn acquire(path: &Path, scope: Scope, wait: Option<Duration>) -> Result<(Lock, Option<Holder>)> {
     let deadline = Instant::now() + wait.unwrap_or(Duration::ZERO);
-    let mut file = open(store)?;
+    let mut file = open(path)?;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut locked) => {
@@ -88,12 +100,13 @@ pub fn acquire(store: &Store, wait: Option<Duration>) -> Result<(Lock, Option<Ho
                     let who = read_holder(&mut file)
                         .map(|h| format!("held by {h}"))
                         .unwrap_or_else(|| "held by another cutover run".into());
+                    let what = match scope {
+                        Scope::App => "the lock for this app",
+                        Scope::Nginx => "the host-wide nginx lock (another app is changing its upstream)",
+                    };
                     return Err(Failure::error(
-                        LOCKED,
-                        format!(
-                            "another cutover run holds the lock for this app ({who}); wait for it, or pass \
-                             --lock-wait 5m to queue behind it"
-                        ),
+                        Code::Locked,
+                        format!("another cutover run holds {what} ({who}); wait for it, or pass --lock-wait 5m to queue behind it"),
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -104,8 +117,7 @@ pub fn acquire(store: &Store, wait: Option<Duration>) -> Result<(Lock, Option<Ho
 }
 
 /// Who holds the lock right now, without taking it (for `status`).
-pub fn holder(store: &Store) -> Option<Holder> {
-    let path = store.lock_path();
+pub fn holder(path: &Path) -> Option<Holder> {
     let file = OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path).ok()?;
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
         Ok(_) => None,

@@ -1,10 +1,11 @@
-//! Small helpers shared by the commands: atomic file writes and time formatting.
+//! Files cutover writes: atomically, never through a symlink, in directories that belong to the user cutover
+//! runs as.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 
@@ -63,7 +64,9 @@ pub fn refuse_symlink(path: &Path) -> Result<()> {
     }
 }
 
-/// Create `dir` (and parents) with mode 0700 for the last component, refusing a symlink there.
+/// Create `dir` (and parents) with mode 0700 for the last component, refusing a symlink there and a directory
+/// that belongs to another user: whoever owns it could plant a symlink inside and make cutover write where they
+/// choose.
 pub fn private_dir(dir: &Path) -> Result<()> {
     refuse_symlink(dir)?;
     if !dir.exists() {
@@ -73,6 +76,7 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     if !meta.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
+    owned_by_me(dir, &meta)?;
     if meta.mode() & 0o777 != 0o700 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("could not set mode 0700 on {}", dir.display()))?;
@@ -80,22 +84,44 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a directory that is not owned by the effective user (exit 8, with the fix).
+pub fn owned_by_me(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        let who = |uid: u32| {
+            nix::unistd::User::from_uid(uid.into())
+                .ok()
+                .flatten()
+                .map(|u| format!("uid {uid} ({})", u.name))
+                .unwrap_or_else(|| format!("uid {uid}"))
+        };
+        return Err(crate::exit::refused(format!(
+            "refusing to use {}: it is owned by {}, not by {} who runs cutover; another user could plant files \
+             there that cutover would then write through. Fix: `chown -R {me} {}` (or point deploy.state_dir / \
+             runtime.log_dir elsewhere)",
+            dir.display(),
+            who(meta.uid()),
+            who(me),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Open `path` for appending, created 0600 if missing, never through a symlink (O_NOFOLLOW).
+pub fn open_append(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("could not open {} (a symlink there is refused)", path.display()))
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-pub fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-/// `12 ms`, `1.4 s`: short, for progress lines.
-pub fn human_ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms < 1000.0 {
-        format!("{ms:.0} ms")
-    } else {
-        format!("{:.1} s", ms / 1000.0)
-    }
 }
 
 #[cfg(test)]

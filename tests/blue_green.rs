@@ -33,7 +33,7 @@ fn deploy_flip_and_rollback_restarts_the_stopped_release() {
     // v1 is not running any more: rollback restarts it, health-checks it, then flips.
     let rb = env.json(&["rollback"]);
     let steps: Vec<&str> = rb["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["start", "health", "write", "validate", "reload", "drain", "stop"]);
+    assert_eq!(steps, ["start", "health", "write", "validate", "reload", "drain", "verify", "unlist", "stop"]);
     assert_eq!(env.serving(), "v1");
 
     let hist = env.json(&["history"]);
@@ -74,7 +74,11 @@ fn rollback_to_a_kept_previous_release_is_a_flip_and_next_deploy_stops_it() {
 
     let rb = env.json(&["rollback"]);
     let steps: Vec<&str> = rb["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["write", "validate", "reload", "drain"], "a kept release is switched to, not restarted");
+    assert_eq!(
+        steps,
+        ["write", "validate", "reload", "drain", "verify"],
+        "a kept release is switched to, not restarted"
+    );
     assert_eq!(env.serving(), "v1");
     assert_eq!(rb["live"]["instances"][0]["pid"], v1_pid);
     // v2 is now the kept previous release; rolling back again flips back.
@@ -121,7 +125,13 @@ fn unhealthy_release_exits_3_and_leaves_everything_as_it_was() {
     let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("error: new release v2 failed its health check; nginx and traffic untouched"), "{err}");
-    assert!(err.contains("not healthy within health.deadline 1s: GET http://127.0.0.1:"), "{err}");
+    // A process that is up and keeps answering 503 fails after health.fail_after probes, not at the deadline.
+    assert!(
+        err.contains(
+            "answered 10 health probes in a row with the wrong answer (health.fail_after): GET http://127.0.0.1:"
+        ),
+        "{err}"
+    );
     assert!(err.contains("status 503, expected 200"), "{err}");
     assert!(err.contains("    v2 \"GET /health HTTP/1.1\" 503"), "the app log lines are shown:\n{err}");
     assert_eq!(env.upstream(), before, "upstream file untouched");
@@ -319,7 +329,8 @@ fn state_is_private_and_symlinks_are_refused() {
     let dir = env.path().join("state/shop");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
-    assert_eq!(mode(&dir.join("logs")), 0o700);
+    assert_eq!(mode(&env.path().join("logs")), 0o700, "the app's output goes to runtime.log_dir, never the state dir");
+    assert!(!dir.join("logs").exists());
     assert_eq!(mode(&dir.join("state.json")), 0o600);
     assert_eq!(mode(&dir.join("history.jsonl")), 0o600);
     let elsewhere = env.path().join("elsewhere.json");
@@ -364,7 +375,7 @@ fn render_diff_and_dry_run_change_nothing() {
     let diff = env.ok(&["render", "--diff"]);
     assert!(diff.contains("-    keepalive 8;\n"), "{diff}");
     let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 8, "{err}");
     assert!(
         err.contains("was changed outside cutover; look at `cutover render --diff`, then run again with --force"),
         "{err}"
@@ -430,7 +441,7 @@ fn rollback_to_a_release_from_history() {
     assert_eq!(code, 2);
     assert!(err.contains("release v9 was never live here"), "{err}");
     let (code, _, err) = env.run(&["rollback", "--to", "v3"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 8);
     assert!(err.contains("v3 is already live"), "{err}");
     env.ok(&["rollback", "--to", "v1"]);
     assert_eq!(env.serving(), "v1");
@@ -493,7 +504,7 @@ fn check_reports_each_item_with_a_fix() {
         .replace("upstream_file = \"nginx/conf/shop.upstream.conf\"", "upstream_file = \"nginx/conf/other.conf\"");
     env.write_config(&cfg);
     let (code, out, _) = env.run(&["check"]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 8, "{out}");
     assert!(out.contains("FAIL upstream included  "), "{out}");
     assert!(out.contains("fix: add `include "), "{out}");
     assert!(
@@ -505,7 +516,7 @@ fn check_reports_each_item_with_a_fix() {
         "{out}"
     );
     let (code, out, _) = env.run(&["check", "--json"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 8);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["ready"], false);
     assert_eq!(j["items"].as_array().unwrap().len(), 10);
@@ -580,7 +591,7 @@ fn a_deploy_killed_during_its_drain_leaves_state_true_and_the_next_run_finishes_
     // State tells the truth at once: v2 live, v1 the previous release, v0 recorded as still to be stopped.
     let s = env.state();
     assert_eq!(s["previous"]["release"], "v1");
-    assert_eq!(s["in_progress"]["started"][0]["pid"], v0);
+    assert_eq!(s["in_progress"]["to_stop"][0]["pid"], v0);
     assert!(pid_alive(v0));
     // The next run finishes the stop, then does its own job: a flip back to v1.
     let (code, _, err) = env.run(&["rollback"]);
@@ -647,9 +658,10 @@ fn a_reload_counts_once_nginx_answers_with_the_new_generation_marker() {
         "{err}"
     );
     assert_eq!(env.get("/.cutover").unwrap(), (200, "1\n".to_string()));
+    // The flip (generation 2), then the old release leaves the backup list once verified (generation 3).
     env.ok(&["deploy", "--release", "v2"]);
-    assert_eq!(env.get("/.cutover").unwrap(), (200, "2\n".to_string()));
-    assert_eq!(env.state()["generation"], 2);
+    assert_eq!(env.get("/.cutover").unwrap(), (200, "3\n".to_string()));
+    assert_eq!(env.state()["generation"], 3);
 }
 
 #[test]
@@ -730,11 +742,11 @@ fn recovery_reloads_and_waits_for_the_killed_runs_workers_before_stopping_its_le
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(env.state()["in_progress"]["started"][0]["pid"], old, "the replaced instance is recorded to stop");
+    assert_eq!(env.state()["in_progress"]["to_stop"][0]["pid"], old, "the replaced instance is recorded to stop");
     // Any command that takes the lock recovers first; `rollback` then finds no previous release (this one
     // starts nothing, so no new instance can take the stopped one's port and hide a lost request).
     let (code, _, err) = env.run(&["rollback"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 8, "{err}");
     assert!(err.contains("nginx reloaded and confirmed on what is live"), "{err}");
     assert!(err.contains("stopped leftover v1 on port"), "{err}");
     let (status, body) = long.join().unwrap().expect("the upload failed");

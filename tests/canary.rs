@@ -174,8 +174,8 @@ fn analysis_aborts_a_canary_that_fails_requests_with_exit_6() {
     // Nothing of v2 is left running.
     let v2_log = std::fs::read_to_string(
         env.path()
-            .join("state/shop/logs")
-            .join(names_in(&env.path().join("state/shop/logs")).into_iter().find(|n| n.starts_with("v2-")).unwrap()),
+            .join("logs")
+            .join(names_in(&env.path().join("logs")).into_iter().find(|n| n.starts_with("v2-")).unwrap()),
     )
     .unwrap();
     assert!(v2_log.contains("release v2: signal 15"), "v2 was stopped with SIGTERM:\n{v2_log}");
@@ -212,14 +212,14 @@ fn abort_and_rollback_during_a_canary_put_all_traffic_back_on_stable() {
     env.ok(&["deploy", "--release", "v2", "--strategy", "canary"]);
     let pid = env.state()["canary"]["deployment"]["instances"][0]["pid"].as_i64().unwrap() as i32;
     let (code, _, err) = env.run(&["deploy", "--release", "v3"]);
-    assert_eq!(code, 1, "a deploy during a canary is refused: {err}");
+    assert_eq!(code, 8, "a deploy during a canary is refused: {err}");
     assert!(err.contains("a canary of v2 is running at 10%"), "{err}");
     let out = env.ok(&["abort"]);
     assert!(out.contains("aborted:  canary v2 (stopped)"), "{out}");
     assert!(!pid_alive(pid));
     assert_eq!(shares(&env, 100).keys().collect::<Vec<_>>(), vec!["v1"]);
     let (code, _, err) = env.run(&["promote"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 8);
     assert!(err.contains("no canary is running for this app"), "{err}");
 
     // `rollback` during a canary is an abort.
@@ -364,7 +364,7 @@ fn automatic_canary_without_the_access_log_is_refused_before_anything_starts() {
 
 #[test]
 fn check_fails_a_canary_default_without_the_access_log_and_passes_with_it() {
-    for (access_log, code) in [(false, 1), (true, 0)] {
+    for (access_log, code) in [(false, 8), (true, 0)] {
         let env = Env::with(Opts { access_log, extra: canary_section("1s", ""), ..Opts::default() });
         let cfg =
             std::fs::read_to_string(&env.config).unwrap().replace("[deploy]\n", "[deploy]\nstrategy = \"canary\"\n");

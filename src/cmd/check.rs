@@ -1,5 +1,5 @@
 //! `cutover check`: is the config valid and the host ready to deploy? Each item says how to fix it.
-//! Reads only; creates nothing. Exit 0 ready, 1 not ready, 2 invalid config.
+//! Reads only; creates nothing. Exit 0 ready, 8 not ready, 2 invalid config.
 
 use std::path::{Path, PathBuf};
 
@@ -7,12 +7,11 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Config;
-use crate::exit;
-use crate::nginx::Nginx;
-use crate::plan;
-use crate::proc;
-use crate::transaction::Ctx;
+use super::Setup;
+use crate::exit::Code;
+use crate::nginx::{dump, RealNginx};
+use crate::plan::ports::PortUse;
+use crate::plan::Snapshot;
 
 #[derive(Serialize)]
 struct Item {
@@ -42,38 +41,39 @@ fn writable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
-pub fn run(path: &Path, json: bool) -> Result<i32> {
-    let config = match Config::load(path) {
-        Ok(c) => c,
+pub fn run(path: &Path, json: bool) -> Result<Code> {
+    let setup = match Setup::load(path) {
+        Ok(s) => s,
         Err(e) => {
             let items = vec![item("config", false, format!("{e:#}"), "fix the config file at the line shown")];
             print(&items, json)?;
-            return Ok(exit::USAGE);
+            return Ok(Code::Usage);
         }
     };
     let mut items = vec![item("config", true, format!("{} is valid", path.display()), "")];
-    let ctx = Ctx::new(config.clone())?;
-    let c = &config;
+    let c = &setup.config;
+    let nginx = setup.host.real_nginx();
 
-    match Nginx::find(&c.nginx) {
+    match RealNginx::find(&c.nginx) {
         Ok(bin) => items.push(item("nginx binary", true, bin.display().to_string(), "")),
         Err(e) => {
             items.push(item("nginx binary", false, format!("{e:#}"), "apt-get install nginx, or set nginx.binary"))
         }
     }
-    match ctx.nginx.test() {
+    match nginx.test() {
         Ok(()) => items.push(item("nginx -t", true, "nginx accepts its current config", "")),
         Err(e) => items.push(item("nginx -t", false, format!("{e:#}"), "fix nginx's config until `nginx -t` passes")),
     }
-    match ctx.nginx.master() {
+    // Finding the master needs its pid file, which comes from nginx's config: with a broken config that is
+    // the thing to fix, not a stopped nginx.
+    let config_ok = nginx.dump().is_ok();
+    match nginx.find_master() {
         Ok(m) => items.push(item("nginx running", true, format!("master pid {}", m.pid), "")),
         Err(e) => {
-            // Finding the master needs its pid file, which comes from nginx's config: a broken config is the
-            // thing to fix then, not a stopped nginx.
-            let fix = if format!("{e:#}").contains("could not read nginx's config") {
-                "fix nginx's config first (see the nginx -t item)"
+            let fix = if config_ok {
+                "start nginx (systemctl start nginx), or set nginx.pid_file to the running master's pid file"
             } else {
-                "start nginx (systemctl start nginx), or set nginx.pid_file"
+                "fix nginx's config first (see the nginx -t item)"
             };
             items.push(item("nginx running", false, format!("{e:#}"), fix))
         }
@@ -92,10 +92,10 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
         },
         format!("create {} and make it writable by the user running cutover", dir.display()),
     ));
-    match ctx.nginx.dump() {
-        Ok(dump) => {
+    match nginx.dump() {
+        Ok(text) => {
             let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            let included = Nginx::included_files(&dump).iter().any(|f| canon(f) == canon(up));
+            let included = dump::included_files(&text).iter().any(|f| canon(f) == canon(up));
             items.push(item(
                 "upstream included",
                 included,
@@ -111,8 +111,8 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
         Err(e) => items.push(item("upstream included", false, format!("{e:#}"), "fix nginx's config first")),
     }
     // Canary analysis and sticky routing need the site's cooperation; only a canary default makes it a FAIL.
-    let canary_default = c.deploy.strategy == crate::config::Strategy::Canary;
-    match crate::canary::preflight(&ctx) {
+    let canary_default = c.deploy.strategy == crate::strategy::Strategy::Canary;
+    match crate::strategy::canary::preflight(c, &setup.host, &nginx.prefix().unwrap_or_default()) {
         Ok(()) => items.push(item(
             "canary setup",
             true,
@@ -145,58 +145,60 @@ pub fn run(path: &Path, json: bool) -> Result<i32> {
         },
         format!("make {} writable by the user running cutover, or set deploy.state_dir", anc.display()),
     ));
-    let state = ctx.store.load(c.app.name.as_str()).unwrap_or_default();
-    let ours: Vec<(u16, String)> = state
-        .live
-        .iter()
-        .chain(state.previous.iter())
-        .chain(state.canary.iter().map(|c| &c.deployment))
-        .flat_map(|d| d.instances.iter().filter(|i| proc::alive(i)).map(move |i| (i.port, d.release.clone())))
-        .collect();
+    let state = setup.state().unwrap_or_default();
+    let snap = Snapshot::take(&setup.host, c, &state, None)?;
     let mut busy = Vec::new();
     let mut notes = Vec::new();
-    for port in c.pool() {
-        if let Some((_, r)) = ours.iter().find(|(p, _)| *p == port) {
-            notes.push(format!("{port} runs {r}"));
-        } else if !proc::port_free(std::net::SocketAddr::new(c.ports.bind.0, port)) {
-            busy.push(format!("{port} {}", plan::in_use_by(port)));
+    let mut free = 0;
+    for (port, u) in &snap.pool {
+        match u {
+            PortUse::Free => free += 1,
+            PortUse::Ours(what) => notes.push(format!("{port} {what}")),
+            other => busy.push(format!("{port} {other}")),
         }
     }
-    let free = c.pool().len() - busy.len() - notes.len();
+    let strategy = c.deploy.strategy;
+    let needed = strategy.ports_needed(c);
+    let usable = free + notes.len();
     items.push(item(
         "ports",
-        busy.is_empty(),
+        busy.is_empty() && usable >= needed,
         format!(
-            "{free} of {} pool port(s) free on {}{}{}",
-            c.pool().len(),
+            "{free} of {} pool port(s) free on {}{}{}; deploy.strategy = \"{strategy}\" needs {needed} ({})",
+            snap.pool.len(),
             c.ports.bind,
             if notes.is_empty() { String::new() } else { format!("; {}", notes.join(", ")) },
-            if busy.is_empty() { String::new() } else { format!("; {}", busy.join(", ")) }
+            if busy.is_empty() { String::new() } else { format!("; {}", busy.join(", ")) },
+            strategy.why_ports(c),
         ),
         "stop what holds those ports or take them out of ports.pool",
     ));
     // Each of these can run to its limit in one deploy; the reload confirm twice (the reload, and the reload of
     // the restored file when it fails).
-    let worst = c.health.deadline.0 + c.nginx.confirm_timeout.0 * 2 + c.deploy.drain_timeout.0 + c.app.stop_timeout.0;
+    let worst = c.health.deadline.0
+        + c.nginx.confirm_timeout.0 * 3
+        + c.deploy.drain_timeout.0 * 2
+        + c.deploy.verify.0
+        + c.app.stop_timeout.0;
     items.push(item(
         "time budget",
         worst.as_secs() < 3600,
         format!(
-            "a blue-green deploy takes at most about {} (health.deadline + 2 x nginx.confirm_timeout + \
-             deploy.drain_timeout + app.stop_timeout); a CodeDeploy hook's timeout must exceed it (appspec \
-             `timeout`, at most 3600 s)",
+            "a blue-green deploy takes at most about {} (health.deadline + 3 x nginx.confirm_timeout + \
+             2 x deploy.drain_timeout + deploy.verify + app.stop_timeout); a CodeDeploy hook's timeout must exceed \
+             it (appspec `timeout`, at most 3600 s)",
             humantime::format_duration(worst)
         ),
         "lower health.deadline or deploy.drain_timeout",
     ));
     print(&items, json)?;
-    Ok(if items.iter().all(|i| i.ok) { exit::OK } else { exit::UNEXPECTED })
+    Ok(if items.iter().all(|i| i.ok) { Code::Ok } else { Code::Refused })
 }
 
 fn print(items: &[Item], json: bool) -> Result<()> {
     let ready = items.iter().all(|i| i.ok);
     if json {
-        return super::print_json(&json!({ "ready": ready, "items": items }));
+        return crate::output::print_json(&json!({ "ready": ready, "items": items }));
     }
     for i in items {
         say!("{} {:<18} {}", if i.ok { "ok  " } else { "FAIL" }, i.name, i.detail);

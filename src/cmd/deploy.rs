@@ -1,195 +1,251 @@
-//! `cutover deploy`: resolve the plan, then run the transaction (or print the plan with `--dry-run`).
+//! `cutover deploy`: resolve the plan, then run its strategy (or print the plan with `--dry-run`).
 
 use anyhow::Result;
 use serde_json::json;
 
-use crate::cli::{DeployArgs, StrategyArg};
-use crate::config::{Release, Strategy};
-use crate::exit;
-use crate::history::{self, Record};
-use crate::progress::Progress;
-use crate::render;
-use crate::transaction::{self, Ctx, Outcome, Plan, Target};
+use super::Setup;
+use crate::cli::DeployArgs;
+use crate::config::Release;
+use crate::engine::{Done, Engine, Moved, OpMeta};
+use crate::exit::{self, Code};
+use crate::journal::{OpKind, Outcome};
+use crate::output::print_json;
+use crate::plan::{self, Plan, Refusal, Request, Snapshot};
+use crate::strategy::{blue_green, canary, rolling, Strategy, Switched};
+use crate::upstream::{self, Renderer};
 
-pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
+pub fn run(setup: &Setup, args: DeployArgs, json: bool) -> Result<Code> {
     let release: Release = args.release.parse().map_err(exit::usage)?;
-    let strategy = match args.strategy {
-        Some(StrategyArg::BlueGreen) => Strategy::BlueGreen,
-        Some(StrategyArg::Canary) => Strategy::Canary,
-        Some(StrategyArg::Rolling) => Strategy::Rolling,
-        None => ctx.config.deploy.strategy,
-    };
-    if strategy == Strategy::Rolling {
-        return Err(exit::usage(format!(
-            "strategy {strategy} is not available in this version of cutover; use blue-green or canary"
-        )));
-    }
-    let target = Target {
-        kind: "deploy",
-        release: release.clone(),
-        strategy: strategy.to_string(),
-        reuse: Vec::new(),
-        start: ctx.config.deploy.instances.0 as usize,
-    };
-    let mut progress = Progress::new();
+    let cfg = &setup.config;
+    let strategy = args.strategy.unwrap_or(cfg.deploy.strategy);
+    let req = Request { kind: OpKind::Deploy, release: release.clone(), strategy, force: args.force };
+    let live_now = setup.state()?.live.is_some();
     if args.dry_run {
-        let state = ctx.store.load(ctx.config.app.name.as_str())?;
-        let mut plan = transaction::plan(ctx, &state, &target, false)?;
-        let mut shown = strategy;
-        if strategy == Strategy::Canary {
-            if state.live.is_some() {
-                plan.upstream_after = crate::canary::first_step_upstream(ctx, &state, &plan)?;
-            } else {
-                shown = Strategy::BlueGreen;
-                eprintln!("cutover: nothing is live yet, so a canary deploy would run as blue-green");
-            }
-        }
-        print_plan(ctx, &plan, shown, json)?;
-        return Ok(exit::OK);
+        return dry_run(setup, &req, json);
     }
-    if strategy == Strategy::Canary {
-        crate::canary::preflight(ctx)?;
+    if strategy == Strategy::Canary && live_now {
+        canary::preflight(cfg, &setup.host, &setup.host.real_nginx().prefix().unwrap_or_default())?;
     }
-    let (_lock, mut state) = super::begin(ctx, args.lock.lock_wait, args.force, &progress)?;
-    if let Some(c) = &state.canary {
-        return Err(exit::Failure::error(
-            exit::UNEXPECTED,
-            format!(
-                "a canary of {} is running at {}%: finish it with `cutover promote` or `cutover abort` first",
-                c.deployment.release, c.weight
-            ),
-        ));
+    let (_lock, mut eng) = super::begin(setup, args.lock.lock_wait, args.force, "deploy")?;
+    let plan = resolve(setup, &eng, &req)?;
+    execute(setup, &mut eng, plan, json)
+}
+
+/// Resolve the plan against the host as it is now; a refusal is returned as its error.
+pub fn resolve(setup: &Setup, eng: &Engine, req: &Request) -> Result<Plan> {
+    let snap = Snapshot::take(&setup.host, &setup.config, eng.state(), None)?;
+    let plan = plan::resolve(req, &setup.config, eng.state(), &snap, &eng.renderer)?;
+    for n in &plan.notes {
+        eng.progress.note(n);
     }
-    let from = state.live.as_ref().map(|d| d.release.clone());
-    if strategy == Strategy::Canary && transaction::redeploys_live(&state, &target) {
-        return Err(exit::usage(format!(
-            "{release} is already live: a canary compares two releases; redeploy it with --strategy blue-green"
-        )));
+    if let Some(r) = &plan.refusal {
+        return Err(r.error());
     }
-    if transaction::redeploys_live(&state, &target) {
-        progress.note(format!("{release} is already live: redeploying it on fresh instances (a restart)"));
-    }
-    if strategy == Strategy::Canary {
-        if from.is_some() {
-            return super::canary::deploy(ctx, &mut state, &target, &mut progress, json);
-        }
-        progress.note("nothing is live yet, so there is nothing to compare a canary with: deploying blue-green");
-    }
-    progress.note(format!(
-        "deploying {release} ({strategy}) for {}{}",
-        ctx.config.app.name,
+    Ok(plan)
+}
+
+/// Run a resolved deploy, rollback or restart plan and report it.
+pub fn execute(setup: &Setup, eng: &mut Engine, plan: Plan, json: bool) -> Result<Code> {
+    let from = eng.live_release();
+    let cfg = &setup.config;
+    let verb = match plan.kind {
+        OpKind::Rollback => "rolling back to",
+        OpKind::Restart => "restarting",
+        _ => "deploying",
+    };
+    eng.progress.note(format!(
+        "{verb} {} ({}) for {}{}",
+        plan.release,
+        plan.strategy,
+        cfg.app.name,
         from.as_ref().map(|f| format!(", replacing {f}")).unwrap_or_default()
     ));
-    let result = transaction::plan(ctx, &state, &target, true)
-        .and_then(|plan| transaction::switch(ctx, &mut state, &target, plan, &mut progress));
-    history::record(
-        &ctx.store,
-        Record {
-            kind: "deploy",
-            release: release.as_str(),
-            from: from.clone(),
-            strategy: Some(strategy.to_string()),
-            ok: "ok",
-        },
-        &result,
-        &progress,
-    );
-    let outcome = result?;
-    report(ctx, "deploy", &strategy.to_string(), &outcome, from, &progress, json)?;
-    Ok(exit::OK)
+    if !plan.strategy.zero_downtime() {
+        eng.progress.warn(format!(
+            "--strategy {} is not zero-downtime: nothing serves between stopping {} and the new release passing its \
+             health check (nginx answers the maintenance page)",
+            plan.strategy,
+            from.as_deref().unwrap_or("the old release")
+        ));
+    }
+    let meta = OpMeta { kind: plan.kind, release: plan.release.clone(), strategy: Some(plan.strategy) };
+    let forward = plan.kind != OpKind::Rollback;
+    let done = |s: Switched| if forward { Done::forward(s) } else { Done::back(s) };
+    match plan.strategy {
+        Strategy::Canary => {
+            let end = eng.run(&meta, |e| {
+                canary::deploy(e, &plan).map(|end| match end {
+                    canary::End::Paused => Done::with(canary::End::Paused, Moved::Nothing, Outcome::CanaryStarted),
+                    promoted => Done::forward(promoted),
+                })
+            })?;
+            match end {
+                canary::End::Promoted(s) => report(setup, eng, plan.kind, plan.strategy, &s, from, json)?,
+                canary::End::Paused => super::canary::report_canary(setup, eng, plan.kind, json)?,
+            }
+        }
+        Strategy::Rolling | Strategy::AllAtOnce => {
+            let s = eng.run(&meta, |e| rolling::run(e, &plan).map(done))?;
+            report(setup, eng, plan.kind, plan.strategy, &s, from, json)?;
+        }
+        Strategy::BlueGreen => {
+            let s = eng.run(&meta, |e| blue_green::run(e, &plan).map(done))?;
+            report(setup, eng, plan.kind, plan.strategy, &s, from, json)?;
+        }
+    }
+    Ok(Code::Ok)
 }
 
 /// What is live now and how long each step took: text on stdout, or one JSON document.
 pub fn report(
-    ctx: &Ctx,
-    kind: &str,
-    strategy: &str,
-    o: &Outcome,
+    setup: &Setup,
+    eng: &Engine,
+    kind: OpKind,
+    strategy: Strategy,
+    s: &Switched,
     from: Option<String>,
-    progress: &Progress,
     json: bool,
 ) -> Result<()> {
+    let progress = &eng.progress;
     if json {
-        return super::print_json(&json!({
+        return print_json(&json!({
             "ok": true,
             "kind": kind,
-            "app": ctx.config.app.name.as_str(),
-            "release": o.live.release,
+            "app": setup.config.app.name.as_str(),
+            "release": s.live.release,
             "from": from,
-            "live": o.live,
-            "previous": o.previous,
-            "stopped": o.stopped,
-            "drained": o.drained,
+            "live": s.live,
+            "previous": s.previous,
+            "stopped": s.stopped,
+            "drained": s.drained,
             "strategy": strategy,
-            "healthy_unix_ms": o.healthy_unix_ms,
-            "switch_ms": o.switch_ms,
+            "healthy_unix_ms": s.healthy_unix_ms,
+            "switch_ms": s.switch_ms,
+            "downtime_ms": s.downtime_ms,
             "steps": progress.steps,
-            "total_ms": crate::util::ms(progress.elapsed()),
+            "total_ms": crate::output::ms(progress.elapsed()),
         }));
     }
-    say!("live:     {}", super::describe(ctx, &o.live));
-    if let Some(p) = &o.previous {
-        say!("previous: {}", super::describe(ctx, p));
+    say!("live:     {}", setup.describe(&s.live));
+    if let Some(p) = &s.previous {
+        say!("previous: {}", setup.describe(p));
+    }
+    if let Some(d) = s.downtime_ms {
+        say!("downtime: {d} ms (all at once: nothing served meanwhile)");
     }
     let steps: Vec<String> = progress.steps.iter().map(|s| format!("{} {} ms", s.name, s.ms)).collect();
     say!("steps:    {}", steps.join(", "));
-    say!("total:    {}", crate::util::human_ms(progress.elapsed()));
+    say!("total:    {}", crate::output::human_ms(progress.elapsed()));
     Ok(())
 }
 
-fn print_plan(ctx: &Ctx, plan: &Plan, strategy: Strategy, json: bool) -> Result<()> {
-    let path = ctx.config.nginx.upstream_file.display().to_string();
-    let before = plan.upstream_before.clone().unwrap_or_default();
-    let diff = render::diff(&before, &plan.upstream_after, &path);
-    if json {
-        return super::print_json(&json!({ "dry_run": true, "plan": plan, "diff": diff }));
+/// `--dry-run`: the plan that would run, including a refusal it would hit; changes nothing. Exits with the code
+/// the real run would hit (0 when it would go ahead), so a pipeline can use it as a preflight.
+fn dry_run(setup: &Setup, req: &Request, json: bool) -> Result<Code> {
+    let cfg = &setup.config;
+    let state = setup.state()?;
+    let holder = crate::lock::holder(&setup.store.lock_path());
+    let snap = Snapshot::take(&setup.host, cfg, &state, holder.clone())?;
+    let renderer = Renderer::new(cfg)?;
+    let mut plan = plan::resolve(req, cfg, &state, &snap, &renderer)?;
+    if plan.refusal.is_none() {
+        if let Some(h) = holder {
+            plan.refusal = Some(Refusal::new(
+                Code::Locked,
+                format!("another cutover run holds the lock for this app (held by {h})"),
+            ));
+        } else if plan.strategy == Strategy::Canary {
+            if let Err(e) = canary::preflight(cfg, &setup.host, &setup.host.real_nginx().prefix().unwrap_or_default()) {
+                plan.refusal = Some(Refusal::new(exit::code_of(&e), format!("{e:#}")));
+            }
+        }
     }
-    let c = &ctx.config;
+    let path = cfg.nginx.upstream_file.display().to_string();
+    let diff = upstream::diff(plan.upstream_before.as_deref().unwrap_or_default(), &plan.upstream_after, &path);
+    let code = plan.refusal.as_ref().map(|r| r.code).unwrap_or(Code::Ok);
+    if json {
+        print_json(
+            &json!({ "dry_run": true, "ok": code == Code::Ok, "exit_code": code.number(), "plan": plan, "diff": diff }),
+        )?;
+    } else {
+        print_plan(setup, &plan, &diff);
+    }
+    crate::output::err_line("cutover: dry run: nothing was started, written or reloaded");
+    Ok(code)
+}
+
+fn print_plan(setup: &Setup, plan: &Plan, diff: &str) {
+    let c = &setup.config;
     say!("plan: {} {} ({}) for app {}", plan.kind, plan.release, plan.strategy, c.app.name);
+    for n in &plan.notes {
+        say!("  note: {n}");
+    }
+    for d in &plan.drift {
+        say!("  drift: {d}");
+    }
+    if let Some(r) = &plan.refusal {
+        say!("  WOULD REFUSE (exit {}): {}", r.code.number(), r.message);
+    }
     for i in &plan.reclaim {
         say!("  stop idle previous {} on port {} to free its port", i.release, i.port);
     }
-    if !plan.new_ports.is_empty() {
+    if !plan.batches.is_empty() {
+        print_batches(plan);
+    } else if !plan.new_ports.is_empty() {
         let ports: Vec<String> = plan.new_ports.iter().map(|p| p.to_string()).collect();
         say!("  start {} instance(s) of {} on port {}", plan.new_ports.len(), plan.release, ports.join(", "));
         say!(
             "  health-check GET {} until {} consecutive pass(es), deadline {}",
-            ctx.health_url(plan.new_ports[0]),
+            plan::health_url(c, plan.new_ports[0]),
             c.health.successes,
             c.health.deadline
         );
     }
-    for p in &plan.reuse_ports {
-        say!("  switch to {} already running on port {p}", plan.release);
+    for i in &plan.reuse {
+        say!("  switch to {} already running on port {}", plan.release, i.port);
     }
-    if strategy == Strategy::Canary {
-        let c = &c.canary;
-        let steps: Vec<String> = c.steps.iter().map(|p| format!("{}%", p.0)).collect();
+    if plan.strategy == Strategy::Canary {
+        let cc = &c.canary;
+        let steps: Vec<String> = plan.canary_steps.iter().map(|p| format!("{p}%")).collect();
         say!(
             "  canary steps {} ({}), each written, nginx -t, reloaded and confirmed, held {} with analysis \
              (max_error_rate {}, min_requests {})",
             steps.join(" -> "),
-            crate::canary::describe_split(ctx),
-            c.interval,
-            c.max_error_rate.0,
-            c.min_requests
+            canary::describe_split(c),
+            cc.interval,
+            cc.max_error_rate.0,
+            cc.min_requests
         );
         say!("  at 100%:");
     }
-    say!("  write {path}, nginx -t, reload nginx and confirm new workers");
-    say!("  wait for the old nginx workers to exit (up to {})", c.deploy.drain_timeout);
+    if plan.batches.is_empty() {
+        say!("  write {}, nginx -t, reload nginx and confirm new workers", c.nginx.upstream_file.display());
+        say!("  wait for the old nginx workers to exit (up to {})", c.deploy.drain_timeout);
+        if !c.deploy.verify.0.is_zero() {
+            say!("  verify: keep probing the new release for {} (the old one stays as nginx backup)", c.deploy.verify);
+        }
+    }
     for i in &plan.stop_after {
         say!("  stop {} on port {} (SIGTERM, SIGKILL after {})", i.release, i.port, c.app.stop_timeout);
     }
     for i in &plan.keep {
-        say!("  keep {} on port {} running idle for rollback", i.release, i.port);
+        say!("  keep {} on port {} running idle for rollback (listed as nginx backup)", i.release, i.port);
     }
-    let label = if strategy == Strategy::Canary { "upstream diff at the first step" } else { "upstream diff" };
+    let label = match plan.strategy {
+        Strategy::Canary => "upstream diff at the first step",
+        Strategy::Rolling => "upstream diff after the first batch",
+        _ => "upstream diff",
+    };
     if diff.is_empty() {
         say!("upstream file unchanged");
     } else {
         say!("{label}:\n{diff}");
     }
-    eprintln!("cutover: dry run: nothing was started, written or reloaded");
-    Ok(())
+}
+
+fn print_batches(plan: &Plan) {
+    let list = |v: &[u16]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+    for (k, b) in plan.batches.iter().enumerate() {
+        say!("  batch {}: replace port {} with {} on port {}", k + 1, list(&b.retire), plan.release, list(&b.start));
+    }
 }

@@ -1,21 +1,26 @@
-//! `cutover history`: past deploys and rollbacks, newest last.
+//! `cutover history`: past operations, newest last. Unreadable lines (torn by a crash or a full disk) are
+//! skipped with one warning.
 
 use anyhow::Result;
 
+use super::Setup;
 use crate::cli::HistoryArgs;
-use crate::exit;
-use crate::transaction::Ctx;
+use crate::exit::Code;
+use crate::output::print_json;
 
-pub fn run(ctx: &Ctx, args: HistoryArgs, json: bool) -> Result<i32> {
-    let events = ctx.store.history()?;
+pub fn run(setup: &Setup, args: HistoryArgs, json: bool) -> Result<Code> {
+    let (events, warning) = setup.store.history()?;
+    if let Some(w) = warning {
+        crate::output::err_line(&format!("cutover: warning: {w}"));
+    }
     let shown = &events[events.len().saturating_sub(args.limit)..];
     if json {
-        super::print_json(&serde_json::to_value(shown)?)?;
-        return Ok(exit::OK);
+        print_json(&serde_json::to_value(shown)?)?;
+        return Ok(Code::Ok);
     }
     if shown.is_empty() {
-        say!("no deploys yet for {}", ctx.config.app.name);
-        return Ok(exit::OK);
+        say!("no deploys yet for {}", setup.config.app.name);
+        return Ok(Code::Ok);
     }
     say!("{:<24}  {:<10}  {:<12}  {:<12}  {:<14}  {:>8}  steps", "at", "kind", "release", "from", "outcome", "total");
     for e in shown {
@@ -23,10 +28,10 @@ pub fn run(ctx: &Ctx, args: HistoryArgs, json: bool) -> Result<i32> {
         say!(
             "{:<24}  {:<10}  {:<12}  {:<12}  {:<14}  {:>5} ms  {}",
             e.at,
-            e.kind,
+            e.kind.as_str(),
             e.release,
             e.from.as_deref().unwrap_or("-"),
-            e.outcome,
+            e.outcome.as_str(),
             e.total_ms,
             steps.join(", ")
         );
@@ -34,5 +39,5 @@ pub fn run(ctx: &Ctx, args: HistoryArgs, json: bool) -> Result<i32> {
             say!("{:<24}  {m}", "");
         }
     }
-    Ok(exit::OK)
+    Ok(Code::Ok)
 }

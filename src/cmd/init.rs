@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 
 use crate::cli::InitArgs;
 use crate::config::Name;
-use crate::exit;
-use crate::nginx::{has_keepalive_min_timeout, Nginx};
+use crate::exit::{self, Code};
+use crate::nginx::{has_keepalive_min_timeout, RealNginx};
 
-pub fn run(config_path: &Path, args: InitArgs) -> Result<i32> {
+pub fn run(config_path: &Path, args: InitArgs) -> Result<Code> {
     let name: Name = args.name.parse().map_err(exit::usage)?;
     for p in [config_path, args.site.as_path()] {
         if p.exists() && !args.force {
@@ -28,7 +28,7 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<i32> {
     say!("      mkdir -p /etc/nginx/cutover && cutover render > /etc/nginx/cutover/{name}.upstream.conf");
     say!("      cp {} /etc/nginx/sites-enabled/{name} && nginx -t && systemctl reload nginx", args.site.display());
     say!("      cutover check");
-    Ok(exit::OK)
+    Ok(Code::Ok)
 }
 
 /// nginx resets idle keep-alive client connections at a reload unless `keepalive_min_timeout` (nginx 1.27.4 and
@@ -43,9 +43,9 @@ fn keepalive_line() -> String {
         reload: Default::default(),
         template: None,
         confirm_url: None,
-        confirm_timeout: crate::config::Dur(std::time::Duration::from_secs(5)),
+        confirm_timeout: crate::config::Positive(std::time::Duration::from_secs(5)),
     };
-    match Nginx::new(&cfg).version() {
+    match RealNginx::new(&cfg).version() {
         Ok(v) if has_keepalive_min_timeout(v) => {
             "    # Idle keep-alive clients are not reset at a reload (nginx >= 1.27.4).\n    keepalive_min_timeout 1s;"
                 .into()

@@ -1,35 +1,98 @@
-//! One module per subcommand, dispatched from one `match`.
+//! One module per subcommand, dispatched from one `match`: each parses what it needs, calls the engine, and
+//! reports. With `--json`, a failing command still prints one JSON document (`"ok": false`, its exit code, the
+//! error, and what is known), so that a CI step can parse every outcome.
 
 mod canary;
 mod check;
 mod deploy;
 mod history;
 mod init;
+mod recover;
 mod render;
 mod rollback;
 mod status;
 
-use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::CommandFactory;
+use serde_json::json;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config};
-use crate::exit;
-use crate::transaction::Ctx;
+use crate::engine::Engine;
+use crate::exit::{self, Code};
+use crate::host::real::RealHost;
+use crate::host::Host;
+use crate::journal::{Deployment, State, Store};
+use crate::lock::{self, Lock, Scope};
+use crate::output::{print_json, Progress};
+use crate::plan::{self, Snapshot};
 
-pub fn run(cli: Cli) -> Result<i32> {
+/// What every command that reads or changes an app works with: its config, the machine, its state directory.
+pub struct Setup {
+    pub config: Config,
+    pub host: RealHost,
+    pub store: Store,
+}
+
+impl Setup {
+    pub fn load(path: &Path) -> Result<Setup> {
+        let config = Config::load(path)?;
+        let host = RealHost::new(&config);
+        let store = Store::new(config.state_dir());
+        Ok(Setup { config, host, store })
+    }
+
+    /// The app's state, read only (nothing is created).
+    pub fn state(&self) -> Result<State> {
+        self.store.load(self.config.app.name.as_str())
+    }
+
+    pub fn engine(&self, progress: Progress) -> Result<Engine<'_>> {
+        Engine::new(&self.config, &self.host, self.store.clone(), progress)
+    }
+
+    /// `v2 on 127.0.0.1:8082 (pid 41), 127.0.0.1:8083 (pid 42)`.
+    pub fn describe(&self, d: &Deployment) -> String {
+        let inst: Vec<String> = d
+            .instances
+            .iter()
+            .map(|i| {
+                let who = match (&i.unit, i.pid) {
+                    (Some(u), _) if self.host.runtime().status(i).running() => u.clone(),
+                    (None, Some(p)) if self.host.runtime().status(i).running() => format!("pid {p}"),
+                    _ => "stopped".into(),
+                };
+                format!("{} ({who})", self.config.ports.bind.with_port(i.port))
+            })
+            .collect();
+        format!("{} on {}", d.release, inst.join(", "))
+    }
+}
+
+pub fn run(cli: Cli) -> Result<Code> {
     let path = config::config_path(cli.config.as_deref());
     let json = cli.json;
-    let load = || -> Result<Ctx> { Ctx::new(Config::load(&path)?) };
+    let name = command_name(&cli.command);
+    let result = dispatch(cli, &path);
+    if let (true, Err(e)) = (json, &result) {
+        print_failure(&path, name, e);
+    }
+    result
+}
+
+fn dispatch(cli: Cli, path: &Path) -> Result<Code> {
+    let json = cli.json;
+    let load = || Setup::load(path);
     match cli.command {
-        Command::Init(args) => init::run(&path, args),
+        Command::Init(args) => init::run(path, args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cutover", &mut std::io::stdout());
-            Ok(exit::OK)
+            Ok(Code::Ok)
         }
-        Command::Check => check::run(&path, json),
+        Command::Check => check::run(path, json),
         Command::Deploy(args) => deploy::run(&load()?, args, json),
         Command::Status(args) => status::run(&load()?, args, json),
         Command::Rollback(args) => rollback::run(&load()?, args, json),
@@ -38,68 +101,86 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Promote(args) => canary::promote(&load()?, args, json),
         Command::Abort(args) => canary::abort(&load()?, args, json),
         Command::Canary(args) => canary::run(&load()?, args, json),
+        Command::Recover(args) => recover::run(&load()?, args, json),
     }
 }
 
-/// Print one JSON document on stdout. A reader that went away (`| head`) is not an error.
-pub fn print_json(value: &serde_json::Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    let written = serde_json::to_writer_pretty(&mut out, value)
-        .map_err(std::io::Error::from)
-        .and_then(|()| writeln!(out))
-        .and_then(|()| out.flush());
-    match written {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Init(_) => "init",
+        Command::Check => "check",
+        Command::Deploy(_) => "deploy",
+        Command::Status(_) => "status",
+        Command::Rollback(_) => "rollback",
+        Command::Promote(_) => "promote",
+        Command::Abort(_) => "abort",
+        Command::Canary(_) => "canary",
+        Command::Render(_) => "render",
+        Command::History(_) => "history",
+        Command::Recover(_) => "recover",
+        Command::Completions { .. } => "completions",
     }
 }
 
-/// The start of every command that changes something: take the lock, load state, clean up after a killed
-/// run, and report drift. Upstream drift stops the command unless `force`: cutover would overwrite a change
-/// someone made by hand.
-pub fn begin(
-    ctx: &Ctx,
-    lock_wait: Option<std::time::Duration>,
-    force: bool,
-    progress: &crate::progress::Progress,
-) -> Result<(crate::lock::Lock, crate::state::State)> {
-    ctx.store.ensure()?;
-    let (lock, stale) = crate::lock::acquire(&ctx.store, lock_wait)?;
+/// The JSON document of a failed command: the error and what is known after it (what is live, and this run's
+/// history event when it wrote one).
+fn print_failure(path: &Path, command: &str, e: &anyhow::Error) {
+    let code = exit::code_of(e);
+    let mut doc = json!({
+        "ok": false,
+        "command": command,
+        "exit_code": code.number(),
+        "error": format!("{e:#}"),
+    });
+    if let Ok(setup) = Setup::load(path) {
+        doc["app"] = json!(setup.config.app.name.as_str());
+        if let Ok(state) = setup.state() {
+            doc["live"] = json!(state.live);
+            doc["previous"] = json!(state.previous);
+            doc["canary"] = json!(state.canary);
+            doc["in_progress"] = json!(state.in_progress);
+        }
+        if let Ok((events, _)) = setup.store.history() {
+            if let Some(ev) = events.into_iter().last().filter(|ev| ev.pid == std::process::id()) {
+                doc["outcome"] = json!(ev.outcome);
+                doc["steps"] = json!(ev.steps);
+                doc["total_ms"] = json!(ev.total_ms);
+            }
+        }
+    }
+    let _ = print_json(&doc);
+}
+
+/// The start of every command that changes something: take the app's lock, finish or undo what a killed run
+/// left, and report drift. Drift that would be overwritten (a hand-edited upstream file, state gone while the
+/// upstream says a release is live) stops the command unless `force` (exit 8).
+pub fn begin<'a>(setup: &'a Setup, lock_wait: Option<Duration>, force: bool, by: &str) -> Result<(Lock, Engine<'a>)> {
+    setup.store.ensure()?;
+    let progress = Progress::new();
+    let (lock, stale) = lock::acquire(&setup.store.lock_path(), Scope::App, lock_wait)?;
     if let Some(h) = stale {
         progress.warn(format!("took over the lock left by {h}: that process is gone"));
     }
-    let mut state = ctx.store.load(ctx.config.app.name.as_str())?;
-    crate::transaction::recover(ctx, &mut state, progress)?;
-    let drift = crate::transaction::reconcile(ctx, &state)?;
+    let mut eng = setup.engine(progress)?;
+    eng.lock_wait = lock_wait;
+    eng.recover(by)?;
+    let snap = Snapshot::take(&setup.host, &setup.config, eng.state(), None)?;
+    let rendered = eng.renderer.render(&setup.config, eng.state()).ok();
+    let drift = plan::reconcile(&setup.config, eng.state(), &snap, rendered.as_deref());
     for d in &drift {
-        progress.warn(format!("drift: {d}"));
+        eng.progress.warn(format!("drift: {d}"));
     }
-    let upstream_drift = drift.iter().any(|d| d.starts_with("upstream file"));
-    if upstream_drift && !force {
-        return Err(exit::Failure::error(
-            exit::UNEXPECTED,
-            format!(
-                "the upstream file {} was changed outside cutover; look at `cutover render --diff`, then run again \
-                 with --force to replace it",
-                ctx.config.nginx.upstream_file.display()
-            ),
-        ));
-    }
-    Ok((lock, state))
-}
-
-/// `release v2 on 127.0.0.1:8082 (pid 41), 127.0.0.1:8083 (pid 42)`.
-pub fn describe(ctx: &Ctx, d: &crate::state::Deployment) -> String {
-    let inst: Vec<String> = d
-        .instances
-        .iter()
-        .map(|i| {
-            let pid = match i.pid {
-                Some(p) if crate::proc::alive(i) => format!("pid {p}"),
-                _ => "stopped".into(),
+    if let Some(d) = drift.iter().find(|d| d.blocks()) {
+        if !force {
+            let msg = match d {
+                plan::Drift::UpstreamEdited { path } => format!(
+                    "the upstream file {path} was changed outside cutover; look at `cutover render --diff`, then run \
+                     again with --force to replace it"
+                ),
+                other => other.to_string(),
             };
-            format!("{} ({pid})", ctx.config.ports.bind.with_port(i.port))
-        })
-        .collect();
-    format!("{} on {}", d.release, inst.join(", "))
+            return Err(exit::refused(msg));
+        }
+    }
+    Ok((lock, eng))
 }

@@ -3,28 +3,29 @@
 use anyhow::Result;
 use serde_json::json;
 
+use super::Setup;
 use crate::cli::RenderArgs;
-use crate::exit;
-use crate::plan;
-use crate::render;
-use crate::transaction::Ctx;
+use crate::exit::Code;
+use crate::host::Host;
+use crate::output::print_json;
+use crate::upstream::{self, Renderer};
 
-pub fn run(ctx: &Ctx, args: RenderArgs, json: bool) -> Result<i32> {
-    let state = ctx.store.load(ctx.config.app.name.as_str())?;
-    let text = ctx.render(&plan::view_of(&ctx.config, &state))?;
-    let path = ctx.config.nginx.upstream_file.display().to_string();
+pub fn run(setup: &Setup, args: RenderArgs, json: bool) -> Result<Code> {
+    let state = setup.state()?;
+    let text = Renderer::new(&setup.config)?.render(&setup.config, &state)?;
+    let path = setup.config.nginx.upstream_file.display().to_string();
     if args.diff {
-        let disk = ctx.read_upstream()?.unwrap_or_default();
-        let diff = render::diff(&disk, &text, &path);
+        let disk = setup.host.nginx().read_upstream()?.unwrap_or_default();
+        let diff = upstream::diff(&disk, &text, &path);
         if json {
-            super::print_json(&json!({ "path": path, "differs": !diff.is_empty(), "diff": diff }))?;
+            print_json(&json!({ "path": path, "differs": !diff.is_empty(), "diff": diff }))?;
         } else {
             put!("{diff}");
         }
     } else if json {
-        super::print_json(&json!({ "path": path, "upstream": text }))?;
+        print_json(&json!({ "path": path, "upstream": text }))?;
     } else {
         put!("{text}");
     }
-    Ok(exit::OK)
+    Ok(Code::Ok)
 }

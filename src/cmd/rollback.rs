@@ -1,37 +1,41 @@
-//! `cutover rollback`: back to the previous release, or to `--to R` from history.
+//! `cutover rollback`: back to the previous release, or to `--to R` from history; during a canary, an abort;
+//! during a paused rolling deploy, every instance back to the old release.
 //!
 //! When the previous release still runs (deploy.keep_previous) and answers its health check, this is a flip
 //! of the upstream only; otherwise it is started again, health-checked and flipped, like a deploy.
 
 use anyhow::Result;
 
+use super::Setup;
 use crate::cli::RollbackArgs;
 use crate::config::Release;
-use crate::exit::{self, Failure};
-use crate::history::{self, Record};
-use crate::progress::Progress;
-use crate::transaction::{self, Ctx, Target};
+use crate::exit::{self, Code};
+use crate::journal::OpKind;
+use crate::plan::Request;
+use crate::strategy::Strategy;
 
-pub fn run(ctx: &Ctx, args: RollbackArgs, json: bool) -> Result<i32> {
+pub fn run(setup: &Setup, args: RollbackArgs, json: bool) -> Result<Code> {
     let to: Option<Release> = args.to.as_deref().map(str::parse).transpose().map_err(exit::usage)?;
-    let mut progress = Progress::new();
-    let (_lock, mut state) = super::begin(ctx, args.lock.lock_wait, args.force, &progress)?;
-    if state.canary.is_some() {
+    let (_lock, mut eng) = super::begin(setup, args.lock.lock_wait, args.force, "rollback")?;
+    if eng.state().canary.is_some() {
         if to.is_some() {
             return Err(exit::usage(
                 "a canary is running: `cutover rollback` aborts it; --to applies once it has ended",
             ));
         }
-        progress.note("a canary is running: rolling back means aborting it");
-        return super::canary::abort_cmd(ctx, &mut state, &mut progress, "rollback", json);
+        eng.progress.note("a canary is running: rolling back means aborting it");
+        return super::canary::abort_cmd(setup, &mut eng, OpKind::Rollback, json);
     }
-    let Some(live) = state.live.clone() else {
-        return Err(Failure::error(exit::UNEXPECTED, "nothing is deployed, so there is nothing to roll back"));
+    if eng.state().rolling.is_some() {
+        return super::canary::rolling_back(setup, &mut eng, json);
+    }
+    let Some(live) = eng.state().live.clone() else {
+        return Err(exit::refused("nothing is deployed, so there is nothing to roll back"));
     };
-    let release = match (&to, &state.previous) {
+    let release = match (&to, &eng.state().previous) {
         (Some(r), _) => {
-            let known = ctx.store.history()?.iter().any(|e| e.release == r.as_str() && e.outcome == "ok");
-            if !known {
+            let (events, _) = setup.store.history()?;
+            if !events.iter().any(|e| e.release == r.as_str() && e.made_live()) {
                 return Err(exit::usage(format!(
                     "release {r} was never live here; `cutover history` lists the releases you can roll back to"
                 )));
@@ -40,47 +44,27 @@ pub fn run(ctx: &Ctx, args: RollbackArgs, json: bool) -> Result<i32> {
         }
         (None, Some(prev)) => prev.release.parse().map_err(exit::usage)?,
         (None, None) => {
-            return Err(Failure::error(
-                exit::UNEXPECTED,
-                format!("no previous release is recorded for {}; pass --to RELEASE", ctx.config.app.name),
-            ))
+            return Err(exit::refused(format!(
+                "no previous release is recorded for {}; pass --to RELEASE",
+                setup.config.app.name
+            )))
         }
     };
     if release.as_str() == live.release {
-        return Err(Failure::error(exit::UNEXPECTED, format!("{release} is already live")));
+        return Err(exit::refused(format!("{release} is already live")));
     }
-    let running = state
-        .previous
-        .as_ref()
-        .filter(|p| p.release == release.as_str())
-        .map(|p| p.instances.clone())
-        .filter(|i| transaction::usable(ctx, i));
-    let (reuse, start) = match running {
-        Some(instances) => (instances, 0),
-        None => (Vec::new(), ctx.config.deploy.instances.0 as usize),
-    };
-    progress.note(format!(
+    let req =
+        Request { kind: OpKind::Rollback, release: release.clone(), strategy: Strategy::BlueGreen, force: args.force };
+    let plan = super::deploy::resolve(setup, &eng, &req)?;
+    eng.progress.note(format!(
         "rolling back {} from {} to {release}{}",
-        ctx.config.app.name,
+        setup.config.app.name,
         live.release,
-        if start == 0 { " (still running: flip only)" } else { " (not running: start, health-check, flip)" }
+        if plan.new_ports.is_empty() {
+            " (still running: flip only)"
+        } else {
+            " (not running: start, health-check, flip)"
+        }
     ));
-    let target = Target { kind: "rollback", release: release.clone(), strategy: "blue-green".into(), reuse, start };
-    let result = transaction::plan(ctx, &state, &target, true)
-        .and_then(|plan| transaction::switch(ctx, &mut state, &target, plan, &mut progress));
-    history::record(
-        &ctx.store,
-        Record {
-            kind: "rollback",
-            release: release.as_str(),
-            from: Some(live.release.clone()),
-            strategy: None,
-            ok: "ok",
-        },
-        &result,
-        &progress,
-    );
-    let outcome = result?;
-    super::deploy::report(ctx, "rollback", "blue-green", &outcome, Some(live.release), &progress, json)?;
-    Ok(exit::OK)
+    super::deploy::execute(setup, &mut eng, plan, json)
 }

@@ -1,16 +1,19 @@
-//! `cutover status`: what is live, checked against reality (pids, ports, health, the upstream file).
+//! `cutover status`: what is live, checked against reality (instances, health, the upstream file, nginx, the
+//! lock, an unfinished operation). `--check` turns every problem into exit 7, each with its reason.
 
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::json;
 
+use super::Setup;
 use crate::cli::StatusArgs;
-use crate::exit;
-use crate::health;
+use crate::exit::Code;
+use crate::host::{Host, Status};
+use crate::journal::{Deployment, Event};
 use crate::lock;
-use crate::proc;
-use crate::state::{Deployment, Event};
-use crate::transaction::Ctx;
+use crate::output::print_json;
+use crate::plan::{self, health_url, Drift, Snapshot};
+use crate::upstream::Renderer;
 
 #[derive(Serialize)]
 struct InstanceReport {
@@ -18,13 +21,15 @@ struct InstanceReport {
     port: u16,
     address: String,
     pid: Option<i32>,
+    unit: Option<String>,
     alive: bool,
     healthy: Option<bool>,
     health_error: Option<String>,
     /// Percent of traffic this instance gets.
+    #[serde(serialize_with = "percent")]
     weight: f64,
     since: String,
-    log: String,
+    log: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -32,91 +37,167 @@ struct DeploymentReport {
     release: String,
     since: String,
     /// Percent of traffic the release gets.
-    weight: u8,
+    #[serde(serialize_with = "percent")]
+    weight: f64,
     instances: Vec<InstanceReport>,
 }
 
-fn report(ctx: &Ctx, d: &Deployment, weight: u8, probe: bool) -> DeploymentReport {
+/// A share in percent: a whole number when it is one (`100`, `25`), else two decimals.
+fn percent<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f64((v * 100.0).round() / 100.0)
+    }
+}
+
+fn report(setup: &Setup, d: &Deployment, share: f64, probe: bool) -> DeploymentReport {
     let n = d.instances.len().max(1) as f64;
     let instances = d
         .instances
         .iter()
         .map(|i| {
-            let alive = proc::alive(i);
+            let status = setup.host.runtime().status(i);
+            let alive = status.running();
             let (healthy, health_error) = if probe && alive {
-                match health::probe(&ctx.health_url(i.port), &ctx.config.health) {
-                    Ok(()) => (Some(true), None),
-                    Err(e) => (Some(false), Some(e)),
+                match setup.host.probe(&health_url(&setup.config, i.port), &setup.config.health) {
+                    crate::host::Probe::Pass => (Some(true), None),
+                    p => (Some(false), Some(p.reason().to_string())),
                 }
             } else if probe {
-                (Some(false), Some("not running".to_string()))
+                let why = match status {
+                    Status::Unproven(why) => why,
+                    _ => "not running".to_string(),
+                };
+                (Some(false), Some(why))
             } else {
                 (None, None)
             };
             InstanceReport {
                 release: i.release.clone(),
                 port: i.port,
-                address: ctx.config.ports.bind.with_port(i.port),
+                address: setup.config.ports.bind.with_port(i.port),
                 pid: i.pid,
+                unit: i.unit.clone(),
                 alive,
                 healthy,
                 health_error,
-                weight: f64::from(weight) / n,
+                weight: share / n,
                 since: i.started_at.clone(),
-                log: i.log.display().to_string(),
+                log: i.log.as_ref().map(|l| l.display().to_string()),
             }
         })
         .collect();
-    DeploymentReport { release: d.release.clone(), since: d.since.clone(), weight, instances }
+    DeploymentReport { release: d.release.clone(), since: d.since.clone(), weight: share, instances }
 }
 
-pub fn run(ctx: &Ctx, args: StatusArgs, json: bool) -> Result<i32> {
-    let state = ctx.store.load(ctx.config.app.name.as_str())?;
-    let canary_weight = state.canary.as_ref().map(|c| c.weight).unwrap_or(0);
-    let live = state.live.as_ref().map(|d| report(ctx, d, 100 - canary_weight, true));
-    let canary = state.canary.as_ref().map(|c| report(ctx, &c.deployment, c.weight, true));
-    let previous = state.previous.as_ref().map(|d| report(ctx, d, 0, false));
-    let disk = ctx.read_upstream()?;
-    let drift = match (&state.upstream, &disk) {
-        (None, _) => None,
-        (Some(a), Some(b)) if a == b => None,
-        (Some(_), Some(_)) => Some("the upstream file differs from what cutover last wrote".to_string()),
-        (Some(_), None) => Some("the upstream file is missing".to_string()),
+pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
+    let cfg = &setup.config;
+    let state = setup.state()?;
+    let holder = lock::holder(&setup.store.lock_path());
+    let snap = Snapshot::take(&setup.host, cfg, &state, holder.clone())?;
+    let rendered = Renderer::new(cfg).and_then(|r| r.render(cfg, &state)).ok();
+    let drift = plan::reconcile(cfg, &state, &snap, rendered.as_deref());
+
+    // Shares: a canary's weight; during a rolling deploy, by instance count.
+    let (live_share, side_share) = match (&state.canary, &state.rolling, &state.live) {
+        (Some(c), _, _) => (f64::from(100 - c.weight), f64::from(c.weight)),
+        (None, Some(r), live) => {
+            let new = r.deployment.instances.len() as f64;
+            let old = live.as_ref().map(|l| l.instances.len()).unwrap_or(0) as f64;
+            let total = (new + old).max(1.0);
+            (100.0 * old / total, 100.0 * new / total)
+        }
+        _ => (100.0, 0.0),
     };
-    let holder = lock::holder(&ctx.store);
-    let last: Option<Event> = ctx.store.history()?.pop();
+    let live = state.live.as_ref().map(|d| report(setup, d, live_share, true));
+    let canary = state.canary.as_ref().map(|c| report(setup, &c.deployment, side_share, true));
+    let rolling = state.rolling.as_ref().map(|r| report(setup, &r.deployment, side_share, true));
+    let previous = state.previous.as_ref().map(|d| report(setup, d, 0.0, false));
+    let (events, history_warning) = setup.store.history().unwrap_or_else(|e| (Vec::new(), Some(format!("{e:#}"))));
+    let last: Option<Event> = events.into_iter().last();
+
+    let mut problems: Vec<String> = drift.iter().map(|d| d.to_string()).collect();
     let unhealthy: Vec<String> = live
         .iter()
         .chain(canary.iter())
+        .chain(rolling.iter())
         .flat_map(|d| d.instances.iter())
         .filter(|i| i.healthy != Some(true))
         .map(|i| format!("{} on {}: {}", i.release, i.address, i.health_error.as_deref().unwrap_or("unhealthy")))
         .collect();
-    let ok = drift.is_none() && unhealthy.is_empty();
+    problems.extend(unhealthy.iter().map(|u| format!("unhealthy: {u}")));
+    if let Some(op) = &state.in_progress {
+        problems.push(match &holder {
+            Some(h) => format!("a `{}` of {} is in progress ({h})", op.kind, op.release),
+            None => format!(
+                "a `{}` of {} (pid {}, since {}) did not finish; `cutover recover` cleans up after it",
+                op.kind, op.release, op.pid, op.started_at
+            ),
+        });
+    }
+    if let (Some(c), None) = (&state.canary, &holder) {
+        if c.automatic {
+            problems.push(format!(
+                "the automatic canary of {} at {}% is not being analysed: the deploy that drove it is gone; \
+                 `cutover promote` or `cutover abort`",
+                c.deployment.release, c.weight
+            ));
+        }
+    }
+    if let Some(r) = &state.rolling {
+        problems.push(format!(
+            "a rolling deploy of {} stopped after batch {} of {}{}: `cutover rollback` or a new `cutover deploy` \
+             resolves it",
+            r.deployment.release,
+            r.batch,
+            r.batches,
+            r.paused.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
+        ));
+    }
+    if let Err(e) = &snap.master {
+        problems.push(e.clone());
+    }
+    let upstream_drift =
+        drift.iter().find(|d| matches!(d, Drift::UpstreamEdited { .. } | Drift::UpstreamMissing { .. }));
 
     if json {
-        super::print_json(&json!({
-            "app": ctx.config.app.name.as_str(),
+        print_json(&json!({
+            "app": cfg.app.name.as_str(),
+            "runtime": setup.host.runtime().kind(),
             "live": live,
             "canary": canary,
+            "rolling": rolling.as_ref().map(|r| json!({
+                "deployment": r,
+                "batch": state.rolling.as_ref().map(|x| x.batch),
+                "batches": state.rolling.as_ref().map(|x| x.batches),
+                "paused": state.rolling.as_ref().and_then(|x| x.paused.clone()),
+            })),
             "previous": previous,
-            "upstream_file": ctx.config.nginx.upstream_file,
-            "upstream_matches_state": drift.is_none(),
+            "backup": state.backup,
+            "upstream_file": cfg.nginx.upstream_file,
+            "upstream_matches_state": upstream_drift.is_none(),
             "drift": drift,
             "unhealthy": unhealthy,
             "generation": state.generation,
             "in_progress": state.in_progress,
             "lock": holder,
+            "nginx": match &snap.master { Ok(m) => json!({"running": true, "master_pid": m.pid}), Err(e) => json!({"running": false, "error": e}) },
             "last_event": last,
+            "ok": problems.is_empty(),
+            "problems": problems,
         }))?;
     } else {
-        say!("app:       {}", ctx.config.app.name);
+        say!("app:       {} ({} runtime)", cfg.app.name, setup.host.runtime().kind());
         match &live {
             None => say!("live:      nothing deployed"),
             Some(d) => print_deployment("live:", d),
         }
         if let Some(c) = &canary {
             print_deployment("canary:", c);
+        }
+        if let (Some(r), Some(rs)) = (&rolling, &state.rolling) {
+            print_deployment(&format!("rolling {}/{}:", rs.batch, rs.batches), r);
         }
         match &previous {
             Some(p) => {
@@ -129,18 +210,25 @@ pub fn run(ctx: &Ctx, args: StatusArgs, json: bool) -> Result<i32> {
                 if running.is_empty() {
                     say!("previous:  {} (stopped)", p.release);
                 } else {
-                    say!("previous:  {} running idle on {}", p.release, running.join(", "));
+                    say!("previous:  {} running idle on {} (nginx backup)", p.release, running.join(", "));
                 }
             }
             None => say!("previous:  none"),
         }
-        let path = ctx.config.nginx.upstream_file.display();
-        match &drift {
+        let path = cfg.nginx.upstream_file.display();
+        match upstream_drift {
             None if state.upstream.is_some() => {
                 say!("upstream:  {path} matches state (generation {})", state.generation)
             }
             None => say!("upstream:  {path} (nothing written by cutover yet)"),
-            Some(d) => say!("upstream:  DRIFT: {d}: {path} (see `cutover render --diff`)"),
+            Some(Drift::UpstreamEdited { .. }) => {
+                say!("upstream:  DRIFT: the upstream file differs from what cutover last wrote: {path} (see `cutover render --diff`)")
+            }
+            Some(_) => say!("upstream:  DRIFT: the upstream file is missing: {path}"),
+        }
+        match &snap.master {
+            Ok(m) => say!("nginx:     running (master pid {})", m.pid),
+            Err(e) => say!("nginx:     NOT RUNNING: {e}"),
         }
         match &holder {
             Some(h) => say!("lock:      held by {h}"),
@@ -150,40 +238,40 @@ pub fn run(ctx: &Ctx, args: StatusArgs, json: bool) -> Result<i32> {
             say!("unfinished: {} of {} by pid {} since {}", op.kind, op.release, op.pid, op.started_at);
         }
         match &last {
-            Some(e) => say!("last:      {} {} {} at {} ({} ms)", e.kind, e.release, e.outcome, e.at, e.total_ms),
+            Some(e) => {
+                say!("last:      {} {} {} at {} ({} ms)", e.kind, e.release, e.outcome.as_str(), e.at, e.total_ms)
+            }
             None => say!("last:      no deploys yet"),
         }
         for u in &unhealthy {
             say!("unhealthy: {u}");
         }
     }
-    if args.check && !ok {
-        if !json {
-            eprintln!(
-                "cutover: status --check failed: {}",
-                drift.iter().cloned().chain(unhealthy.iter().cloned()).collect::<Vec<_>>().join("; ")
-            );
-        }
-        return Ok(exit::CHECK_FAILED);
+    if let Some(w) = history_warning {
+        crate::output::err_line(&format!("cutover: warning: {w}"));
     }
-    Ok(exit::OK)
+    if args.check && !problems.is_empty() {
+        if !json {
+            crate::output::err_line(&format!("cutover: status --check failed: {}", problems.join("; ")));
+        }
+        return Ok(Code::CheckFailed);
+    }
+    Ok(Code::Ok)
 }
 
 fn print_deployment(label: &str, d: &DeploymentReport) {
-    say!("{label:<10} {} ({}% of traffic) since {}", d.release, d.weight, d.since);
+    say!("{label:<10} {} ({:.0}% of traffic) since {}", d.release, d.weight, d.since);
     for i in &d.instances {
         let health = match (i.alive, i.healthy) {
             (false, _) => "NOT RUNNING".to_string(),
             (true, Some(true)) => "healthy".into(),
             (true, _) => format!("UNHEALTHY ({})", i.health_error.as_deref().unwrap_or("?")),
         };
-        say!(
-            "  {:<22} pid {:<8} {:<10} weight {:.0}%  since {}",
-            i.address,
-            i.pid.map(|p| p.to_string()).unwrap_or("-".into()),
-            health,
-            i.weight,
-            i.since
-        );
+        let who = match (&i.unit, i.pid) {
+            (Some(u), _) => u.clone(),
+            (None, Some(p)) => format!("pid {p}"),
+            (None, None) => "pid -".into(),
+        };
+        say!("  {:<22} {:<14} {:<10} weight {:.0}%  since {}", i.address, who, health, i.weight, i.since);
     }
 }

@@ -51,6 +51,8 @@ pub struct Opts {
     pub pool_size: usize,
     pub keep_previous: bool,
     pub deadline: &'static str,
+    /// `deploy.verify`: short by default, so that the suite exercises the window without waiting 5 s a deploy.
+    pub verify: &'static str,
     /// Extra TOML appended to the config (whole sections).
     pub extra: String,
     /// Extra lines in nginx's http block.
@@ -70,6 +72,7 @@ impl Default for Opts {
             pool_size: 2,
             keep_previous: false,
             deadline: "15s",
+            verify: "200ms",
             extra: String::new(),
             http_extra: String::new(),
             server_extra: String::new(),
@@ -180,6 +183,10 @@ instances = {instances}
 drain_timeout = "10s"
 keep_previous = {keep}
 state_dir = "state"
+verify = "{verify}"
+
+[runtime]
+log_dir = "logs"
 {extra}"#,
             fixture = FIXTURE,
             flags = self.path().join("flags").display(),
@@ -187,6 +194,7 @@ state_dir = "state"
             deadline = self.opts.deadline,
             instances = self.opts.instances,
             keep = self.opts.keep_previous,
+            verify = self.opts.verify,
             extra = self.opts.extra,
         )
     }
@@ -270,7 +278,14 @@ state_dir = "state"
         collect(&v["live"]);
         collect(&v["previous"]);
         collect(&v["canary"]["deployment"]);
-        for i in v["in_progress"]["started"].as_array().into_iter().flatten() {
+        for list in ["started", "to_stop"] {
+            for i in v["in_progress"][list].as_array().into_iter().flatten() {
+                if let Some(p) = i["pid"].as_i64() {
+                    pids.push(p as i32);
+                }
+            }
+        }
+        for i in v["backup"].as_array().into_iter().flatten() {
             if let Some(p) = i["pid"].as_i64() {
                 pids.push(p as i32);
             }

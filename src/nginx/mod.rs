@@ -1,9 +1,11 @@
-//! The seam around nginx: validate (`nginx -t`), find the running master, reload, and confirm that the
-//! master really runs the new config.
+//! The real nginx: validate (`nginx -t`), find and verify the running master, reload, and confirm that the
+//! master really runs the new config; and the upstream file cutover manages.
 //!
 //! `nginx -s reload` (or a SIGHUP) exits 0 even when the master then keeps its old config, for instance when the
 //! new config adds a `listen` on a busy port. A reload therefore counts only when new worker processes appear
 //! under the master; the old workers are remembered so that the drain can wait until they have exited.
+
+pub mod dump;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,19 +16,27 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::{self, Reload};
-use crate::exit::{Failure, NGINX};
-use crate::proc;
+use crate::exit::{Code, Failure};
+use crate::host::{proc, Master};
+use crate::util;
 
-pub struct Nginx {
+pub use dump::has_keepalive_min_timeout;
+
+/// nginx is not running (or cannot be found running): exit 4, with what to do.
+fn not_running(message: String) -> anyhow::Error {
+    Failure::error(Code::Nginx, format!("nginx is not running: {message}"))
+}
+
+pub struct RealNginx {
     cfg: config::Nginx,
     binary: PathBuf,
 }
 
-impl Nginx {
+impl RealNginx {
     /// Resolve the nginx binary. Debian installs it in /usr/sbin, which a non-root PATH often lacks.
-    pub fn new(cfg: &config::Nginx) -> Nginx {
+    pub fn new(cfg: &config::Nginx) -> RealNginx {
         let binary = Self::find(cfg).unwrap_or_else(|_| PathBuf::from(&cfg.binary));
-        Nginx { cfg: cfg.clone(), binary }
+        RealNginx { cfg: cfg.clone(), binary }
     }
 
     /// Where the nginx binary is, or why it cannot be found.
@@ -87,7 +97,7 @@ impl Nginx {
         }
         let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
         Err(Failure::error(
-            NGINX,
+            Code::Nginx,
             format!("nginx rejected the config ({} exited {}):\n{msg}", self.describe("-t"), status_text(&out)),
         ))
     }
@@ -106,14 +116,6 @@ impl Nginx {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The files nginx's config includes, as `nginx -T` lists them.
-    pub fn included_files(dump: &str) -> Vec<PathBuf> {
-        dump.lines()
-            .filter_map(|l| l.strip_prefix("# configuration file "))
-            .map(|l| PathBuf::from(l.trim_end_matches(':')))
-            .collect()
-    }
-
     /// nginx's prefix: `nginx.prefix`, else the compiled-in one; relative paths in its config start here.
     pub fn prefix(&self) -> Result<PathBuf> {
         if let Some(p) = &self.cfg.prefix {
@@ -126,7 +128,7 @@ impl Nginx {
     pub fn version(&self) -> Result<(u32, u32, u32)> {
         let out = self.run(&["-v"])?;
         let text = String::from_utf8_lossy(&out.stderr);
-        parse_version(&text).with_context(|| format!("could not read a version from `nginx -v`: {}", text.trim()))
+        dump::parse_version(&text).with_context(|| format!("could not read a version from `nginx -v`: {}", text.trim()))
     }
 
     /// A value from `nginx -V`'s configure arguments.
@@ -142,7 +144,7 @@ impl Nginx {
             return Ok(p.clone());
         }
         let dump = self.dump().context("could not read nginx's config to find its pid file (or set nginx.pid_file)")?;
-        let from_conf = main_directive(&dump, "pid");
+        let from_conf = dump::main_directive(&dump, "pid");
         let path = match from_conf {
             Some(p) => PathBuf::from(p),
             None => PathBuf::from(self.compiled("--pid-path=")?.unwrap_or_else(|| "logs/nginx.pid".into())),
@@ -150,46 +152,62 @@ impl Nginx {
         Ok(if path.is_relative() { self.prefix()?.join(path) } else { path })
     }
 
-    /// The running master's pid, checked to be alive.
-    pub fn master(&self) -> Result<Master> {
+    /// The running master: the pid in the pid file, checked to be alive and to be an nginx master (its
+    /// command line is `nginx: master process …` or its executable is the nginx binary), so that a stale pid
+    /// file naming some other process never gets that process signalled.
+    pub fn find_master(&self) -> Result<Master> {
         let pid_file = self.pid_file()?;
         let text = std::fs::read_to_string(&pid_file).map_err(|e| {
-            anyhow!(
-                "nginx is not running: could not read its pid file {}: {e}; start nginx, or set nginx.pid_file",
+            not_running(format!(
+                "could not read its pid file {}: {e}; start nginx, or set nginx.pid_file",
                 pid_file.display()
-            )
+            ))
         })?;
-        let pid: i32 = text.trim().parse().with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(not_running(format!("its pid file {} is empty; start nginx", pid_file.display())));
+        }
+        let pid: i32 = text.parse().map_err(|_| {
+            not_running(format!("its pid file {} does not hold a pid ({text:?}); start nginx", pid_file.display()))
+        })?;
         if !proc::pid_alive(pid) {
-            bail!("nginx is not running: pid {pid} from {} is gone; start nginx", pid_file.display());
+            return Err(not_running(format!("pid {pid} from {} is gone; start nginx", pid_file.display())));
         }
-        Ok(Master { pid, pid_file })
-    }
-
-    /// Ask the master to reload, the configured way.
-    pub fn reload(&self, master: &Master) -> Result<()> {
-        match &self.cfg.reload {
-            Reload::Signal => kill(Pid::from_raw(master.pid), Signal::SIGHUP)
-                .with_context(|| format!("could not send SIGHUP to nginx master {}", master.pid)),
-            Reload::Systemctl => run_ok(Command::new("systemctl").args(["reload", "nginx"]), "systemctl reload nginx"),
-            Reload::Command(argv) => run_ok(Command::new(&argv[0]).args(&argv[1..]), &argv.join(" ")),
+        let cmdline = proc::cmdline(pid).unwrap_or_default();
+        let exe = proc::exe(pid);
+        let ours = std::fs::canonicalize(&self.binary).ok();
+        let is_master = cmdline.starts_with("nginx: master process")
+            || (exe.is_some() && exe == ours && !cmdline.starts_with("nginx: worker process"));
+        if !is_master {
+            return Err(Failure::error(
+                Code::Nginx,
+                format!(
+                    "the nginx pid file {} names pid {pid}, which is not an nginx master but `{}`{}: the pid file is \
+                     stale (nginx is probably not running); cutover signals nothing it cannot prove is nginx. Start \
+                     nginx, or point nginx.pid_file at the running master's pid file",
+                    pid_file.display(),
+                    if cmdline.is_empty() { proc::comm(pid).unwrap_or_default() } else { cmdline },
+                    exe.map(|e| format!(" ({})", e.display())).unwrap_or_default()
+                ),
+            ));
         }
+        Ok(Master { pid })
     }
 
     /// Wait until the master runs workers that were not in `old`: only then is the new config live.
-    pub fn confirm(&self, master: &Master, old: &[i32]) -> Result<Duration> {
+    fn confirm_workers(&self, master: &Master, old: &[i32]) -> Result<Duration> {
         let started = Instant::now();
         let timeout = self.cfg.confirm_timeout.0;
         loop {
             if !proc::pid_alive(master.pid) {
-                bail!("nginx master {} exited during the reload", master.pid);
+                return Err(not_running(format!("master {} exited during the reload", master.pid)));
             }
-            if master.workers().iter().any(|w| !old.contains(w)) {
+            if workers_of(master).iter().any(|w| !old.contains(w)) {
                 return Ok(started.elapsed());
             }
             if started.elapsed() >= timeout {
                 return Err(Failure::error(
-                    NGINX,
+                    Code::Nginx,
                     format!(
                         "nginx did not apply the reload: after {} master {} still runs only its old workers \
                          (nginx -t passed, so it is something only the running master sees, such as a listen \
@@ -207,7 +225,7 @@ impl Nginx {
     /// With `nginx.confirm_url`: wait until nginx answers it with `generation`, i.e. until requests are served
     /// by the file just written. Old workers keep accepting for a moment after a reload, so early answers may
     /// still carry the previous generation.
-    pub fn confirm_generation(&self, generation: u64) -> Result<()> {
+    fn confirm_generation(&self, generation: u64) -> Result<()> {
         let Some(url) = &self.cfg.confirm_url else { return Ok(()) };
         let started = Instant::now();
         let timeout = self.cfg.confirm_timeout.0;
@@ -226,7 +244,7 @@ impl Nginx {
             };
             if started.elapsed() >= timeout {
                 return Err(Failure::error(
-                    NGINX,
+                    Code::Nginx,
                     format!(
                         "nginx did not serve the new upstream: after {} {url} should answer generation {want}, but {last} \
                          (the site behind nginx.confirm_url must return $cutover_<app>_generation from the file cutover writes)",
@@ -241,7 +259,7 @@ impl Nginx {
     /// The last lines of nginx's error log, when the config names one cutover can read.
     fn error_log_tail(&self) -> String {
         let Ok(dump) = self.dump() else { return String::new() };
-        let Some(path) = main_directive(&dump, "error_log") else { return String::new() };
+        let Some(path) = dump::main_directive(&dump, "error_log") else { return String::new() };
         let mut path = PathBuf::from(path);
         if path.is_relative() {
             match self.prefix() {
@@ -258,35 +276,87 @@ impl Nginx {
     }
 }
 
-/// The running nginx master.
-#[derive(Debug, Clone)]
-pub struct Master {
-    pub pid: i32,
-    #[allow(dead_code)]
-    pub pid_file: PathBuf,
+/// The master's worker processes, from /proc. Cache manager and loader are left out: they do not serve requests,
+/// and the loader may outlive a reload by minutes.
+fn workers_of(master: &Master) -> Vec<i32> {
+    proc::pids()
+        .into_iter()
+        .filter(|&pid| proc::stat(pid).is_some_and(|s| s.ppid == master.pid && !s.zombie()))
+        .filter(|&pid| proc::cmdline(pid).is_some_and(|c| c.contains("worker process")))
+        .collect()
 }
 
-impl Master {
-    /// The master's worker processes, from /proc. Cache manager and loader are left out: they do not serve
-    /// requests, and the loader may outlive a reload by minutes.
-    pub fn workers(&self) -> Vec<i32> {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-        entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&pid| proc::parent_of(pid) == Some(self.pid) && proc::pid_alive(pid))
-            .filter(|&pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains("worker process"))
-                    .unwrap_or(false)
-            })
-            .collect()
+impl crate::host::Nginx for RealNginx {
+    fn read_upstream(&self) -> Result<Option<String>> {
+        let path = &self.cfg.upstream_file;
+        match std::fs::read_to_string(path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("could not read upstream file {}", path.display())),
+        }
     }
 
-    /// Wait until none of `old` is still a worker of this master. False when `timeout` passed first.
-    pub fn wait_gone(&self, old: &[i32], timeout: Duration) -> bool {
+    fn write_upstream(&self, text: &str) -> Result<()> {
+        let path = &self.cfg.upstream_file;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(crate::exit::usage(format!(
+                "nginx.upstream_file {} is in a directory that does not exist: create {} (and include the file from \
+                 nginx's config), or fix nginx.upstream_file",
+                path.display(),
+                dir.display()
+            )));
+        }
+        util::write_atomic(path, text.as_bytes(), 0o644)
+    }
+
+    fn restore_upstream(&self, before: Option<&str>) -> Result<()> {
+        let path = &self.cfg.upstream_file;
+        match before {
+            Some(text) => util::write_atomic(path, text.as_bytes(), 0o644)
+                .with_context(|| format!("could not restore {}", path.display())),
+            None => match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("could not remove {}", path.display())),
+            },
+        }
+    }
+
+    fn test(&self) -> Result<()> {
+        RealNginx::test(self)
+    }
+
+    fn master(&self) -> Result<Master> {
+        self.find_master()
+    }
+
+    fn workers(&self, m: &Master) -> Vec<i32> {
+        workers_of(m)
+    }
+
+    /// Ask the master to reload, the configured way.
+    fn reload(&self, master: &Master) -> Result<()> {
+        match &self.cfg.reload {
+            Reload::Signal => kill(Pid::from_raw(master.pid), Signal::SIGHUP)
+                .with_context(|| format!("could not send SIGHUP to nginx master {}", master.pid)),
+            Reload::Systemctl => run_ok(Command::new("systemctl").args(["reload", "nginx"]), "systemctl reload nginx"),
+            Reload::Command(argv) => run_ok(Command::new(&argv[0]).args(&argv[1..]), &argv.join(" ")),
+        }
+    }
+
+    fn confirm(&self, m: &Master, old: &[i32], generation: Option<u64>) -> Result<Duration> {
+        let took = self.confirm_workers(m, old)?;
+        if let Some(g) = generation {
+            self.confirm_generation(g)?;
+        }
+        Ok(took)
+    }
+
+    fn wait_gone(&self, m: &Master, old: &[i32], timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let left = old.iter().any(|&p| proc::pid_alive(p) && proc::parent_of(p) == Some(self.pid));
+            let left = old.iter().any(|&p| proc::stat(p).is_some_and(|s| s.ppid == m.pid && !s.zombie()));
             if !left {
                 return true;
             }
@@ -296,44 +366,10 @@ impl Master {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
 
-/// The value of a main-context directive (`pid`, `error_log`) in the first file of an `nginx -T` dump.
-fn main_directive(dump: &str, name: &str) -> Option<String> {
-    let mut depth = 0i32;
-    let mut seen_first = false;
-    for line in dump.lines() {
-        if line.starts_with("# configuration file ") {
-            if seen_first {
-                break;
-            }
-            seen_first = true;
-            continue;
-        }
-        let code = line.split('#').next().unwrap_or("");
-        if depth == 0 {
-            let mut words = code.split_whitespace();
-            if words.next() == Some(name) {
-                if let Some(v) = words.next() {
-                    return Some(v.trim_end_matches(';').to_string());
-                }
-            }
-        }
-        depth += code.matches('{').count() as i32 - code.matches('}').count() as i32;
+    fn dump(&self) -> Result<String> {
+        RealNginx::dump(self)
     }
-    None
-}
-
-/// `nginx version: nginx/1.22.1` → (1, 22, 1).
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let v = text.split("nginx/").nth(1)?.split_whitespace().next()?;
-    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
-}
-
-/// nginx 1.27.4 added `keepalive_min_timeout`, which keeps a reload from resetting idle keep-alive clients.
-pub fn has_keepalive_min_timeout(version: (u32, u32, u32)) -> bool {
-    version >= (1, 27, 4)
 }
 
 fn status_text(out: &Output) -> String {
@@ -349,34 +385,8 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Failure::error(
-            NGINX,
+            Code::Nginx,
             format!("{what} exited {}: {}", status_text(&out), String::from_utf8_lossy(&out.stderr).trim()),
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_are_read_and_compared() {
-        assert_eq!(parse_version("nginx version: nginx/1.22.1\n"), Some((1, 22, 1)));
-        assert_eq!(parse_version("nginx version: nginx/1.27.4 (Ubuntu)"), Some((1, 27, 4)));
-        assert_eq!(parse_version("nginx version: openresty/1.2"), None);
-        assert!(!has_keepalive_min_timeout((1, 22, 1)));
-        assert!(!has_keepalive_min_timeout((1, 27, 3)));
-        assert!(has_keepalive_min_timeout((1, 27, 4)));
-        assert!(has_keepalive_min_timeout((1, 28, 0)));
-    }
-
-    #[test]
-    fn main_directive_ignores_blocks_and_included_files() {
-        let dump = "# configuration file /p/nginx.conf:\nworker_processes 2;\nerror_log logs/error.log;\n\
-                    pid   logs/nginx.pid; # here\nhttp {\n  pid nope;\n}\n# configuration file /p/x.conf:\npid later;\n";
-        assert_eq!(main_directive(dump, "pid").as_deref(), Some("logs/nginx.pid"));
-        assert_eq!(main_directive(dump, "error_log").as_deref(), Some("logs/error.log"));
-        assert_eq!(main_directive(dump, "user"), None);
-        assert_eq!(Nginx::included_files(dump), vec![PathBuf::from("/p/nginx.conf"), PathBuf::from("/p/x.conf")]);
     }
 }

@@ -1,4 +1,4 @@
-//! Rendering the nginx upstream file: a pure function from a plan to text.
+//! Rendering the nginx upstream file: a pure function from a view to text.
 //!
 //! The built-in template is compiled in; `nginx.template` overrides it. Every value handed to the template is a
 //! validated type (app name, release, IP address, port, integer weight), so no input can add a directive.
@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-pub const BUILTIN_TEMPLATE: &str = include_str!("../templates/upstream.conf.tera");
+pub const BUILTIN_TEMPLATE: &str = include_str!("../../templates/upstream.conf.tera");
 
 /// One `server` line.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub struct Server {
     pub weight: u32,
     /// Kept in the file but sent no traffic.
     pub down: bool,
+    /// Sent traffic only when every primary server failed.
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -68,6 +70,8 @@ pub struct View {
     pub generation: u64,
     pub live_release: Option<String>,
     pub canary: Option<CanaryView>,
+    /// `v2 2/4` while a rolling deploy is between batches.
+    pub rolling: Option<String>,
     pub servers: Vec<Server>,
     pub routing: Option<Routing>,
 }
@@ -75,22 +79,28 @@ pub struct View {
 pub fn render(template: Option<&str>, view: &View) -> Result<String> {
     let mut tera = tera::Tera::default();
     let source = template.unwrap_or(BUILTIN_TEMPLATE);
-    tera.add_raw_template("upstream.conf", source).context("invalid upstream template")?;
+    // A template that does not parse or render is a config error (exit 2): nothing has started yet.
+    tera.add_raw_template("upstream.conf", source)
+        .map_err(|e| crate::exit::usage(format!("invalid upstream template (nginx.template): {}", chain(&e))))?;
     let ctx = tera::Context::from_serialize(view).context("could not build template context")?;
-    let mut out = tera.render("upstream.conf", &ctx).map_err(|e| {
-        // tera keeps the useful part in the source chain.
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        anyhow::anyhow!("could not render the upstream template: {msg}")
-    })?;
+    let mut out = tera
+        .render("upstream.conf", &ctx)
+        .map_err(|e| crate::exit::usage(format!("could not render the upstream template: {}", chain(&e))))?;
     if !out.ends_with('\n') {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// A tera error with its sources: tera keeps the useful part in the chain.
+fn chain(e: &tera::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
 }
 
 /// The unified diff from `old` to `new`, labelled with the file's path.
@@ -107,7 +117,14 @@ mod tests {
     use super::*;
 
     fn server(port: u16, release: &str, weight: u32) -> Server {
-        Server { address: format!("127.0.0.1:{port}"), port, release: release.into(), weight, down: false }
+        Server {
+            address: format!("127.0.0.1:{port}"),
+            port,
+            release: release.into(),
+            weight,
+            down: false,
+            backup: false,
+        }
     }
 
     #[test]
@@ -120,6 +137,7 @@ mod tests {
             generation: 7,
             live_release: Some("v2".into()),
             canary: None,
+            rolling: None,
             servers: vec![server(8082, "v2", 1), server(8083, "v2", 1)],
             routing: None,
         };
@@ -159,13 +177,16 @@ mod tests {
             generation: 1,
             live_release: Some("v1".into()),
             canary: Some(CanaryView { release: "v2".into(), weight: 10 }),
-            servers: vec![server(8081, "v1", 9), server(8082, "v2", 1)],
+            rolling: None,
+            servers: vec![server(8081, "v1", 9), server(8082, "v2", 1), server(8080, "v0", 1)],
             routing: None,
         };
         view.servers[1].down = true;
+        view.servers[2].backup = true;
         let text = render(None, &view).unwrap();
         assert!(text.contains("server 127.0.0.1:8081 weight=9;  # v1\n"), "{text}");
         assert!(text.contains("server 127.0.0.1:8082 down;  # v2\n"), "{text}");
+        assert!(text.contains("server 127.0.0.1:8080 backup;  # v0 (backup until it is stopped)\n"), "{text}");
         assert!(text.contains("| canary v2 at 10%"), "{text}");
     }
 
@@ -179,6 +200,7 @@ mod tests {
             generation: 0,
             live_release: None,
             canary: None,
+            rolling: None,
             servers: vec![],
             routing: None,
         };

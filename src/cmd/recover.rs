@@ -1,0 +1,34 @@
+//! `cutover recover`: finish or undo an operation a killed run left; exit 0 when there is none. Every command
+//! that takes the lock does this first; this command does only that.
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::Setup;
+use crate::cli::LockArgs;
+use crate::exit::Code;
+use crate::output::print_json;
+
+pub fn run(setup: &Setup, args: LockArgs, json: bool) -> Result<Code> {
+    let (_lock, eng) = super::begin(setup, args.lock_wait, true, "recover")?;
+    let recovered = eng.recovered;
+    if json {
+        print_json(&json!({
+            "ok": true,
+            "app": setup.config.app.name.as_str(),
+            "recovered": recovered,
+            "live": eng.state().live,
+            "previous": eng.state().previous,
+            "canary": eng.state().canary,
+            "rolling": eng.state().rolling,
+        }))?;
+    } else if recovered {
+        say!("recovered: the unfinished operation was cleaned up (see `cutover history`)");
+        if let Some(l) = &eng.state().live {
+            say!("live:      {}", setup.describe(l));
+        }
+    } else {
+        say!("nothing to recover: no unfinished operation");
+    }
+    Ok(Code::Ok)
+}

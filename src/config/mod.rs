@@ -1,0 +1,548 @@
+//! `cutover.toml`: parsed into validated types ([`values`]), so that a bad value is reported by toml with its
+//! file, line and column, and so that nothing reaching nginx syntax can carry more than the one token it should.
+//! Checks that span several keys are in [`Config::validate`].
+
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Deserialize;
+
+use crate::exit;
+use crate::strategy::Strategy;
+pub use values::*;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub app: App,
+    pub ports: Ports,
+    #[serde(default)]
+    pub health: Health,
+    pub nginx: Nginx,
+    #[serde(default)]
+    pub deploy: Deploy,
+    #[serde(default)]
+    pub canary: Canary,
+    #[serde(default)]
+    pub rolling: Rolling,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub runtime: RuntimeCfg,
+    /// The file this was read from, for messages; relative paths inside are resolved against its directory.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub name: Name,
+    /// Shell command; `{{port}}` and `{{release}}` are substituted.
+    pub start: StartCommand,
+    pub workdir: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<EnvName, String>,
+    #[serde(default = "defaults::stop_timeout")]
+    pub stop_timeout: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ports {
+    pub pool: Option<Vec<Port>>,
+    pub range: Option<PortRange>,
+    #[serde(default = "defaults::bind")]
+    pub bind: BindAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(default = "defaults::health_path")]
+    pub path: HttpPath,
+    #[serde(default = "defaults::expect_status")]
+    pub expect_status: StatusCode,
+    pub expect_body: Option<String>,
+    #[serde(default = "defaults::interval")]
+    pub interval: Positive,
+    #[serde(default = "defaults::probe_timeout")]
+    pub timeout: Positive,
+    #[serde(default = "defaults::deadline")]
+    pub deadline: Positive,
+    #[serde(default = "defaults::successes")]
+    pub successes: u32,
+    /// A process that is up and answers this many probes in a row with the wrong status fails at once, instead of
+    /// waiting out the deadline (a release that answers 500 every time will not get better).
+    #[serde(default = "defaults::fail_after")]
+    pub fail_after: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: defaults::health_path(),
+            expect_status: defaults::expect_status(),
+            expect_body: None,
+            interval: defaults::interval(),
+            timeout: defaults::probe_timeout(),
+            deadline: defaults::deadline(),
+            successes: defaults::successes(),
+            fail_after: defaults::fail_after(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nginx {
+    pub upstream_file: PathBuf,
+    #[serde(default = "defaults::nginx_binary")]
+    pub binary: String,
+    /// `-p PREFIX` for a private nginx.
+    pub prefix: Option<PathBuf>,
+    /// `-c CONF` for a private nginx.
+    pub conf: Option<PathBuf>,
+    /// The master's pid file; found from `nginx -T` / `nginx -V` when absent.
+    pub pid_file: Option<PathBuf>,
+    #[serde(default)]
+    pub reload: Reload,
+    pub template: Option<PathBuf>,
+    /// A URL on nginx whose body is the upstream file's generation marker (`$cutover_<app>_generation`); when set,
+    /// a reload counts only once nginx answers it with the new generation.
+    pub confirm_url: Option<ConfirmUrl>,
+    /// How long a reload may take to show new workers before it counts as not applied.
+    #[serde(default = "defaults::confirm_timeout")]
+    pub confirm_timeout: Positive,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Reload {
+    /// SIGHUP to the master named by the pid file.
+    #[default]
+    Signal,
+    /// `systemctl reload nginx`.
+    Systemctl,
+    Command(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Reload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Argv(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "signal" => Ok(Reload::Signal),
+            Raw::Word(w) if w == "systemctl" => Ok(Reload::Systemctl),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "unknown reload method `{w}`: use \"signal\", \"systemctl\" or an argv list such as [\"sudo\", \"nginx\", \"-s\", \"reload\"]"
+            ))),
+            Raw::Argv(v) if v.is_empty() => Err(serde::de::Error::custom("reload command is empty")),
+            Raw::Argv(v) => Ok(Reload::Command(v)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default = "defaults::instances")]
+    pub instances: Count,
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Dur,
+    #[serde(default)]
+    pub keep_previous: bool,
+    pub state_dir: Option<PathBuf>,
+    /// After the drain, keep probing the new instances this long; one that dies or turns unhealthy flips traffic
+    /// back (exit 3). `0s` turns it off.
+    #[serde(default = "defaults::verify")]
+    pub verify: Dur,
+}
+
+impl Default for Deploy {
+    fn default() -> Self {
+        Deploy {
+            strategy: Strategy::BlueGreen,
+            instances: defaults::instances(),
+            drain_timeout: defaults::drain_timeout(),
+            keep_previous: false,
+            state_dir: None,
+            verify: defaults::verify(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    #[serde(default = "defaults::canary_steps")]
+    pub steps: Vec<Percent>,
+    #[serde(default = "defaults::canary_interval")]
+    pub interval: Interval,
+    #[serde(default = "defaults::max_error_rate")]
+    pub max_error_rate: Rate,
+    #[serde(default = "defaults::min_requests")]
+    pub min_requests: u64,
+    /// Abort when the canary's p95 upstream time exceeds the stable release's by this factor.
+    pub max_latency_factor: Option<f64>,
+    /// `cookie:NAME` or `ip`: route by a hash of that key so each user stays on one release.
+    pub sticky: Option<Sticky>,
+    /// Requests carrying this header go to the canary whatever the split.
+    pub header: Option<HeaderName>,
+    /// The JSON access log the template writes and cutover reads during each hold.
+    pub access_log: Option<PathBuf>,
+}
+
+impl Default for Canary {
+    fn default() -> Self {
+        Canary {
+            steps: defaults::canary_steps(),
+            interval: defaults::canary_interval(),
+            max_error_rate: defaults::max_error_rate(),
+            min_requests: defaults::min_requests(),
+            max_latency_factor: None,
+            sticky: None,
+            header: None,
+            access_log: None,
+        }
+    }
+}
+
+/// `[rolling]`: how `--strategy rolling` replaces `deploy.instances` instances in batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    #[serde(default = "defaults::batch")]
+    pub batch: Count,
+    /// Start each batch's replacements on idle ports before the old ones leave (capacity never drops).
+    #[serde(default = "defaults::yes")]
+    pub surge: bool,
+    /// Hold between batches with the canary's access-log analysis of the new instances against the old ones.
+    #[serde(default)]
+    pub pause: Dur,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+impl Default for Rolling {
+    fn default() -> Self {
+        Rolling { batch: defaults::batch(), surge: true, pause: Dur(Duration::ZERO), on_failure: OnFailure::Rollback }
+    }
+}
+
+/// What a failed rolling batch does to the batches already replaced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Roll every replaced batch back to the old release, in reverse order.
+    #[default]
+    Rollback,
+    /// Stop where it is: a mixed fleet that `status` shows and `rollback`, `recover` or a new `deploy` resolve.
+    Pause,
+}
+
+/// `[runtime]`: who runs the app's instances and where their output goes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeCfg {
+    /// spawn runtime: where each instance's output is written (`<release>-<port>.log`). Default
+    /// `/var/log/cutover/<app>` as root, else `$XDG_STATE_HOME/cutover-logs/<app>`; never the state directory.
+    pub log_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    pub before_start: Option<String>,
+    pub after_healthy: Option<String>,
+    pub after_switch: Option<String>,
+    pub after_rollback: Option<String>,
+    pub on_failure: Option<String>,
+    /// A hook still running after this is killed (its whole process group) and counts as failed.
+    #[serde(default = "defaults::hook_timeout")]
+    pub timeout: Positive,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            before_start: None,
+            after_healthy: None,
+            after_switch: None,
+            after_rollback: None,
+            on_failure: None,
+            timeout: defaults::hook_timeout(),
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn stop_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn bind() -> BindAddr {
+        BindAddr("127.0.0.1".parse().unwrap())
+    }
+    pub fn health_path() -> HttpPath {
+        HttpPath("/health".into())
+    }
+    pub fn expect_status() -> StatusCode {
+        StatusCode(200)
+    }
+    pub fn interval() -> Positive {
+        Positive(Duration::from_millis(250))
+    }
+    pub fn probe_timeout() -> Positive {
+        Positive(Duration::from_secs(2))
+    }
+    pub fn deadline() -> Positive {
+        Positive(Duration::from_secs(60))
+    }
+    pub fn successes() -> u32 {
+        2
+    }
+    pub fn fail_after() -> u32 {
+        10
+    }
+    pub fn nginx_binary() -> String {
+        "nginx".into()
+    }
+    pub fn confirm_timeout() -> Positive {
+        Positive(Duration::from_secs(5))
+    }
+    pub fn instances() -> Count {
+        Count(1)
+    }
+    pub fn drain_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn verify() -> Dur {
+        Dur(Duration::from_secs(5))
+    }
+    pub fn canary_steps() -> Vec<Percent> {
+        vec![Percent(10), Percent(25), Percent(50), Percent(100)]
+    }
+    pub fn canary_interval() -> Interval {
+        Interval::Every(Dur(Duration::from_secs(60)))
+    }
+    pub fn max_error_rate() -> Rate {
+        Rate(0.01)
+    }
+    pub fn min_requests() -> u64 {
+        50
+    }
+    pub fn batch() -> Count {
+        Count(1)
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn hook_timeout() -> Positive {
+        Positive(Duration::from_secs(300))
+    }
+}
+
+/// `$XDG_STATE_HOME`, else `~/.local/state`.
+fn xdg_state() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".local/state"),
+    }
+}
+
+/// Where the config comes from: `-c`, else `$CUTOVER_CONFIG` (both through clap), else `./cutover.toml`.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("cutover.toml"))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            exit::usage(format!(
+                "could not read config {}: {e}{}",
+                path.display(),
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    " (write one with `cutover init`, or point at it with -c / CUTOVER_CONFIG)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| exit::usage(format!("invalid config {}: {}", path.display(), e.to_string().trim_end())))?;
+        config.path = path.to_path_buf();
+        config.resolve_paths();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config file's directory, absolute, so that paths handed to nginx and to apps mean one thing.
+    fn base_dir(&self) -> PathBuf {
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let abs = std::path::absolute(&dir).unwrap_or(dir);
+        // Drop `.` components so paths print cleanly.
+        abs.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+    }
+
+    fn resolve_paths(&mut self) {
+        let base = self.base_dir();
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.nginx.upstream_file);
+        for p in [
+            &mut self.app.workdir,
+            &mut self.nginx.prefix,
+            &mut self.nginx.pid_file,
+            &mut self.nginx.template,
+            &mut self.deploy.state_dir,
+            &mut self.canary.access_log,
+            &mut self.runtime.log_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            abs(p);
+        }
+        // `-c` is relative to the prefix in nginx's own terms; resolve it the same way nginx would.
+        if let (Some(conf), Some(prefix)) = (&mut self.nginx.conf, &self.nginx.prefix) {
+            if conf.is_relative() {
+                *conf = prefix.join(&*conf);
+            }
+        } else if let Some(conf) = &mut self.nginx.conf {
+            abs(conf);
+        }
+    }
+
+    /// Checks that span several keys (single values are checked as they are parsed).
+    fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(exit::usage(format!("invalid config {}: {msg}", self.path.display())));
+        match (&self.ports.pool, &self.ports.range) {
+            (None, None) => return bad("[ports] needs `pool = [8081, 8082]` or `range = \"8081-8090\"`".into()),
+            (Some(_), Some(_)) => return bad("[ports] takes `pool` or `range`, not both".into()),
+            _ => {}
+        }
+        let pool = self.pool();
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &pool {
+            if !seen.insert(p) {
+                return bad(format!("ports.pool lists port {p} twice"));
+            }
+        }
+        let strategy = self.deploy.strategy;
+        let needed = strategy.ports_needed(self);
+        if pool.len() < needed {
+            return bad(format!(
+                "ports.pool has {} port(s) but deploy.strategy = \"{strategy}\" with {} instance(s) needs {needed}: {}; \
+                 add ports to [ports]",
+                pool.len(),
+                self.deploy.instances.0,
+                strategy.why_ports(self)
+            ));
+        }
+        if self.rolling.batch.0 > self.deploy.instances.0 {
+            return bad(format!(
+                "rolling.batch {} is larger than deploy.instances {}",
+                self.rolling.batch.0, self.deploy.instances.0
+            ));
+        }
+        if self.health.fail_after == 0 {
+            return bad("health.fail_after must be at least 1".into());
+        }
+        if self.health.successes == 0 {
+            return bad("health.successes must be at least 1".into());
+        }
+        let steps: Vec<u8> = self.canary.steps.iter().map(|p| p.0).collect();
+        if steps.is_empty() || steps.windows(2).any(|w| w[0] >= w[1]) || steps[0] == 0 {
+            return bad(format!("canary.steps must rise from above 0, e.g. [10, 50, 100]; got {steps:?}"));
+        }
+        if let Some(f) = self.canary.max_latency_factor {
+            if f.is_nan() || f < 1.0 {
+                return bad(format!("canary.max_latency_factor must be at least 1.0; got {f}"));
+            }
+        }
+        if self.nginx.binary.trim().is_empty() {
+            return bad("nginx.binary is empty".into());
+        }
+        Ok(())
+    }
+
+    /// The configured ports, in order of preference.
+    pub fn pool(&self) -> Vec<u16> {
+        match (&self.ports.pool, &self.ports.range) {
+            (Some(p), _) => p.iter().map(|p| p.0).collect(),
+            (None, Some(r)) => (r.0..=r.1).collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// `<state_dir>/<app>`: `deploy.state_dir`, else /var/lib/cutover as root, else $XDG_STATE_HOME/cutover.
+    pub fn state_dir(&self) -> PathBuf {
+        let base = self.deploy.state_dir.clone().unwrap_or_else(|| {
+            if nix::unistd::geteuid().is_root() {
+                PathBuf::from("/var/lib/cutover")
+            } else {
+                xdg_state().join("cutover")
+            }
+        });
+        base.join(self.app.name.as_str())
+    }
+
+    /// Where the spawn runtime writes the app's output: `runtime.log_dir`, else `/var/log/cutover/<app>` as root,
+    /// else `$XDG_STATE_HOME/cutover-logs/<app>` (`~/.local/state/cutover-logs/<app>`).
+    pub fn log_dir(&self) -> PathBuf {
+        self.runtime.log_dir.clone().unwrap_or_else(|| {
+            if nix::unistd::geteuid().is_root() {
+                PathBuf::from("/var/log/cutover").join(self.app.name.as_str())
+            } else {
+                xdg_state().join("cutover-logs").join(self.app.name.as_str())
+            }
+        })
+    }
+
+    /// The JSON access log canary analysis reads: `canary.access_log`, else `/var/log/nginx/<app>.cutover.log`.
+    pub fn access_log(&self) -> PathBuf {
+        self.canary
+            .access_log
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/var/log/nginx/{}.cutover.log", self.app.name)))
+    }
+
+    /// The upstream template's text (`None`: the built-in one). A template that cannot be read is a config
+    /// error (exit 2).
+    pub fn template_text(&self) -> Result<Option<String>> {
+        match &self.nginx.template {
+            None => Ok(None),
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| exit::usage(format!("could not read nginx.template {}: {e}", p.display())))
+                .map(Some),
+        }
+    }
+
+    /// `<state_dir>`: the directory shared by every app (it holds the host-wide `nginx.lock`).
+    pub fn state_base(&self) -> PathBuf {
+        self.state_dir().parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,299 @@
+//! The `spawn` runtime: cutover starts each instance itself, detached, and stops it by process group.
+//!
+//! An instance is started in a new session (so it is its own process-group leader, has no controlling terminal,
+//! and survives cutover's exit, an SSH hang-up and a CI runner killing cutover's process group), with stdin from
+//! /dev/null and its output appended to its log file. Its environment carries `CUTOVER_INSTANCE=<marker>`, which
+//! is how cutover proves a process is one of its own: a pid alone can be reused, and a process can leave its
+//! group (an app that daemonizes), but it keeps its environment.
+
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+use super::proc;
+use super::{Runtime, StartSpec, Status, StopHow, Stopped};
+use crate::config::Config;
+use crate::journal::Instance;
+use crate::util;
+
+pub const MARKER_VAR: &str = "CUTOVER_INSTANCE";
+
+pub struct Spawn {
+    config: Config,
+    /// Children this run started, so that their exit status can be read (and zombies reaped).
+    children: Mutex<HashMap<i32, Child>>,
+}
+
+impl Spawn {
+    pub fn new(config: &Config) -> Spawn {
+        Spawn { config: config.clone(), children: Mutex::new(HashMap::new()) }
+    }
+
+    fn log_path(&self, release: &str, port: u16) -> PathBuf {
+        self.config.log_dir().join(format!("{release}-{port}.log"))
+    }
+
+    /// The exit status of a child of this run that has exited.
+    fn exited(&self, pid: i32) -> Option<String> {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        let child = children.get_mut(&pid)?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(describe_status(status)),
+            _ => None,
+        }
+    }
+
+    /// Whether the recorded process is provably the one cutover started: same start time, or the marker in its
+    /// environment.
+    fn proven(&self, inst: &Instance, pid: i32, st: &proc::Stat) -> bool {
+        inst.start_ticks == Some(st.start_ticks)
+            || inst.marker.as_ref().is_some_and(|m| proc::environ_has(pid, &format!("{MARKER_VAR}={m}")))
+    }
+
+    /// Live members of the process group `pgid` that are provably ours (the marker), or, without a marker, any
+    /// member while the leader is the recorded process.
+    fn members(&self, inst: &Instance, pgid: i32, leader_ours: bool) -> Vec<i32> {
+        let entry = inst.marker.as_ref().map(|m| format!("{MARKER_VAR}={m}"));
+        proc::pids()
+            .into_iter()
+            .filter(|&p| proc::stat(p).is_some_and(|s| s.pgrp == pgid && !s.zombie()))
+            .filter(|&p| match &entry {
+                Some(e) => proc::environ_has(p, e),
+                None => leader_ours,
+            })
+            .collect()
+    }
+}
+
+impl Runtime for Spawn {
+    fn kind(&self) -> &'static str {
+        "spawn"
+    }
+
+    fn start(&self, spec: &StartSpec) -> Result<Instance> {
+        let app = &self.config.app;
+        let command = start_command(&app.start.0, &spec.release, spec.port);
+        let dir = self.config.log_dir();
+        util::private_dir(&dir)?;
+        let log_path = self.log_path(&spec.release, spec.port);
+        let log = util::open_append(&log_path)?;
+        {
+            use std::io::Write;
+            let mut l = &log;
+            let _ = writeln!(
+                l,
+                "--- cutover: starting {} on port {} at {}: {command}",
+                spec.release,
+                spec.port,
+                util::now_rfc3339()
+            );
+        }
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(&command)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("could not duplicate log file handle")?)
+            .stderr(log)
+            .env("PORT", spec.port.to_string())
+            .env("CUTOVER_RELEASE", &spec.release)
+            .env("CUTOVER_APP", app.name.as_str())
+            .env(MARKER_VAR, &spec.marker);
+        for (k, v) in &app.env {
+            cmd.env(&k.0, v);
+        }
+        if let Some(dir) = &app.workdir {
+            cmd.current_dir(dir);
+        }
+        new_session(&mut cmd);
+        let child = cmd.spawn().with_context(|| format!("could not run /bin/sh to start {command:?}"))?;
+        let pid = child.id() as i32;
+        let start_ticks = proc::stat(pid).map(|s| s.start_ticks);
+        self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, child);
+        Ok(Instance {
+            release: spec.release.clone(),
+            port: spec.port,
+            pid: Some(pid),
+            start_ticks,
+            marker: Some(spec.marker.clone()),
+            unit: None,
+            started_at: util::now_rfc3339(),
+            log: Some(log_path),
+        })
+    }
+
+    fn status(&self, inst: &Instance) -> Status {
+        let Some(pid) = inst.pid else { return Status::Gone };
+        if let Some(how) = self.exited(pid) {
+            return Status::Exited(how);
+        }
+        match proc::stat(pid) {
+            Some(st) if !st.zombie() => {
+                if self.proven(inst, pid, &st) {
+                    Status::Running
+                } else if inst.start_ticks.is_none() && inst.marker.is_none() {
+                    Status::Unproven(format!(
+                        "pid {pid} runs ({}), but its start time was never recorded, so nothing proves it is the \
+                         instance cutover started",
+                        proc::comm(pid).unwrap_or_default()
+                    ))
+                } else {
+                    Status::Gone
+                }
+            }
+            _ => Status::Gone,
+        }
+    }
+
+    fn stop(&self, inst: &Instance, timeout: Duration) -> Stopped {
+        let mut out = Stopped { how: StopHow::Gone, strays: Vec::new(), survivors: Vec::new() };
+        let leader = inst.pid.and_then(|pid| proc::stat(pid).map(|st| (pid, st)));
+        let leader_ours = match &leader {
+            Some((pid, st)) if !st.zombie() => self.proven(inst, *pid, st),
+            _ => false,
+        };
+        if let (Some((pid, st)), false) = (&leader, leader_ours) {
+            if !st.zombie() && inst.start_ticks.is_none() && inst.marker.is_none() {
+                out.how = StopHow::Unproven(format!(
+                    "pid {pid} ({}) was recorded without its start time, so nothing proves it is the instance \
+                     cutover started; not signalled: stop it yourself if it is",
+                    proc::comm(*pid).unwrap_or_default()
+                ));
+                return out;
+            }
+        }
+        // The group to signal: the recorded leader's, when the leader is ours or has exited (its group may live
+        // on: a shell that sent the app to the background). Members are checked by marker, never by number alone.
+        if let Some(pgid) = inst.pid {
+            reap(pgid);
+            let members = self.members(inst, pgid, leader_ours);
+            if !leader_ours {
+                // The recorded process is gone but its group lives on: the start command sent the app to the
+                // background.
+                out.strays.extend(members.iter().copied());
+            }
+            if !members.is_empty() || leader_ours {
+                out.how = terminate(pgid, &members, timeout, || {
+                    reap(pgid);
+                    self.members(inst, pgid, leader_ours)
+                });
+            }
+            reap(pgid);
+        }
+        // Processes of the instance that left its group (a daemonizing app): found by marker, stopped too.
+        if let Some(m) = &inst.marker {
+            let strays = self.find(m);
+            if !strays.is_empty() {
+                out.strays = strays.clone();
+                for &p in &strays {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+                }
+                let until = Instant::now() + timeout;
+                while Instant::now() < until && self.find(m).iter().any(|p| strays.contains(p)) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                for p in self.find(m) {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                out.survivors = self.find(m);
+                if out.how == StopHow::Gone {
+                    out.how = StopHow::Terminated;
+                }
+            }
+        }
+        out
+    }
+
+    fn find(&self, marker: &str) -> Vec<i32> {
+        let entry = format!("{MARKER_VAR}={marker}");
+        let me = std::process::id() as i32;
+        proc::pids()
+            .into_iter()
+            .filter(|&p| p != me && proc::stat(p).is_some_and(|s| !s.zombie()) && proc::environ_has(p, &entry))
+            .collect()
+    }
+
+    fn log_excerpt(&self, inst: &Instance) -> String {
+        let path = inst.log.clone().unwrap_or_else(|| self.log_path(&inst.release, inst.port));
+        let text = proc::log_excerpt(&path, Some("--- cutover: starting"), 15);
+        format!("output of {} ({}):\n{}", inst.describe(), path.display(), crate::output::indent(&text))
+    }
+}
+
+/// SIGTERM to the group, wait for `members` to go, SIGKILL after `timeout`.
+fn terminate(pgid: i32, members: &[i32], timeout: Duration, left: impl Fn() -> Vec<i32>) -> StopHow {
+    let group = Pid::from_raw(pgid);
+    if killpg(group, Signal::SIGTERM).is_err() {
+        for &m in members {
+            let _ = kill(Pid::from_raw(m), Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if left().is_empty() {
+            return StopHow::Terminated;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    for m in left() {
+        let _ = kill(Pid::from_raw(m), Signal::SIGKILL);
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while !left().is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    StopHow::Killed
+}
+
+/// Reap `pid` if it is our child and has exited; harmless otherwise.
+fn reap(pid: i32) {
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+}
+
+/// The shell command for an instance: `{{port}}` and `{{release}}` substituted (both are validated to be inert).
+pub fn start_command(template: &str, release: &str, port: u16) -> String {
+    template.replace("{{port}}", &port.to_string()).replace("{{release}}", release)
+}
+
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut Command) {
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent; it is the documented way to
+    // detach a child into its own session between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!(
+            "killed by {}",
+            Signal::try_from(s).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {s}"))
+        ),
+        _ => "exited".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitution_is_literal() {
+        assert_eq!(
+            start_command("java -jar /srv/{{release}}/a.jar --port={{port}} ${HOME}", "v42", 8081),
+            "java -jar /srv/v42/a.jar --port=8081 ${HOME}"
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! The rules of each change, on hand-built states.
+
+use super::*;
+
+fn inst(release: &str, port: u16, pid: i32) -> Instance {
+    let mut i = Instance::planned(release, port);
+    i.pid = Some(pid);
+    i.start_ticks = Some(pid as u64);
+    i
+}
+
+fn dep(release: &str, insts: Vec<Instance>) -> Deployment {
+    Deployment { release: release.into(), instances: insts, since: "t".into() }
+}
+
+/// v1 live on 8081, v0 previous still running on 8080 (kept), an operation begun.
+fn state() -> State {
+    let mut s = State::empty("shop");
+    s.live = Some(dep("v1", vec![inst("v1", 8081, 11)]));
+    s.previous = Some(dep("v0", vec![inst("v0", 8080, 10)]));
+    s.backup = vec![inst("v0", 8080, 10)];
+    s.in_progress = Some(crate::plan::scratch_op());
+    s.in_progress.as_mut().unwrap().before =
+        Some(Serving { live: s.live.clone(), previous: s.previous.clone(), backup: s.backup.clone() });
+    s
+}
+
+fn to_stop(s: &State) -> Vec<(String, u16)> {
+    s.in_progress.as_ref().unwrap().to_stop.iter().map(|i| (i.release.clone(), i.port)).collect()
+}
+
+#[test]
+fn a_flip_makes_the_live_release_the_backup_and_schedules_what_goes() {
+    let mut s = state();
+    Change::Flip { to: dep("v2", vec![inst("v2", 8082, 12)]), keep_previous: false }.apply(&mut s);
+    assert_eq!(s.live.as_ref().unwrap().release, "v2");
+    assert_eq!(s.previous.as_ref().unwrap().release, "v1");
+    assert_eq!(s.backup, vec![inst("v1", 8081, 11)], "v1 serves as backup until it is stopped");
+    assert_eq!(to_stop(&s), [("v0".to_string(), 8080), ("v1".to_string(), 8081)]);
+    // Unlisting takes what is scheduled out of the backup list.
+    Change::Unlist.apply(&mut s);
+    assert!(s.backup.is_empty());
+}
+
+#[test]
+fn with_keep_previous_the_old_release_stays_as_backup() {
+    let mut s = state();
+    Change::Flip { to: dep("v2", vec![inst("v2", 8082, 12)]), keep_previous: true }.apply(&mut s);
+    assert_eq!(to_stop(&s), [("v0".to_string(), 8080)], "only the older previous release goes");
+    Change::Unlist.apply(&mut s);
+    assert_eq!(s.backup, vec![inst("v1", 8081, 11)]);
+}
+
+#[test]
+fn a_rollback_to_the_kept_previous_release_reuses_it() {
+    let mut s = state();
+    Change::Flip { to: s.previous.clone().unwrap(), keep_previous: true }.apply(&mut s);
+    assert_eq!(s.live.as_ref().unwrap().release, "v0");
+    assert_eq!(s.previous.as_ref().unwrap().release, "v1");
+    assert!(to_stop(&s).is_empty(), "nothing is stopped: v0 is live, v1 kept");
+}
+
+#[test]
+fn a_redeploy_keeps_the_previous_release_and_retires_the_replaced_instances() {
+    let mut s = state();
+    Change::Flip { to: dep("v1", vec![inst("v1", 8082, 12)]), keep_previous: true }.apply(&mut s);
+    assert_eq!(s.previous.as_ref().unwrap().release, "v0");
+    assert_eq!(to_stop(&s), [("v1".to_string(), 8081)]);
+    assert!(s.backup.iter().any(|b| b.port == 8081) && s.backup.iter().any(|b| b.port == 8080));
+}
+
+#[test]
+fn a_flip_back_restores_what_served_and_schedules_the_failed_release() {
+    let mut s = state();
+    Change::Flip { to: dep("v2", vec![inst("v2", 8082, 12)]), keep_previous: false }.apply(&mut s);
+    Change::FlipBack.apply(&mut s);
+    assert_eq!(s.live.as_ref().unwrap().release, "v1");
+    assert_eq!(s.previous.as_ref().unwrap().release, "v0");
+    assert_eq!(s.backup, vec![inst("v0", 8080, 10)]);
+    assert_eq!(to_stop(&s), [("v2".to_string(), 8082)], "v0 and v1 are kept again");
+}
+
+#[test]
+fn recovery_schedules_what_never_served_and_what_was_scheduled() {
+    let mut s = state();
+    let op = s.in_progress.as_mut().unwrap();
+    op.started.push(inst("v2", 8082, 12));
+    let mut intent = Instance::planned("v2", 8083);
+    intent.marker = Some("shop@8083#x".into());
+    op.started.push(intent);
+    op.to_stop.push(inst("v0", 8080, 10));
+    Change::Recover.apply(&mut s);
+    assert_eq!(to_stop(&s), [("v0".to_string(), 8080), ("v2".to_string(), 8082), ("v2".to_string(), 8083)]);
+    assert!(s.backup.is_empty(), "what is to stop leaves the upstream");
+    assert_eq!(s.live.as_ref().unwrap().release, "v1");
+}
+
+#[test]
+fn a_canary_abort_schedules_its_instances() {
+    let mut s = state();
+    let canary = CanaryState {
+        deployment: dep("v2", vec![inst("v2", 8082, 12)]),
+        weight: 10,
+        steps: vec![10, 100],
+        step: Some(0),
+        automatic: false,
+    };
+    Change::Canary(canary).apply(&mut s);
+    assert_eq!(s.canary.as_ref().unwrap().weight, 10);
+    Change::CanaryEnd.apply(&mut s);
+    assert!(s.canary.is_none());
+    assert_eq!(to_stop(&s), [("v2".to_string(), 8082)]);
+}
+
+#[test]
+fn owned_lists_each_running_instance_once() {
+    let s = state();
+    let owned: Vec<(&str, u16)> = s.owned().into_iter().map(|(w, i)| (w, i.port)).collect();
+    assert_eq!(owned, [("live", 8081), ("backup", 8080)]);
+}
