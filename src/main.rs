@@ -37,6 +37,7 @@ mod progress;
 mod render;
 mod state;
 mod transaction;
+mod trust;
 mod util;
 
 use clap::Parser;

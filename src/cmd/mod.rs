@@ -22,14 +22,19 @@ use crate::transaction::Ctx;
 pub fn run(cli: Cli) -> Result<i32> {
     let path = config::config_path(cli.config.as_deref());
     let json = cli.json;
-    let load = || -> Result<Ctx> { Ctx::new(Config::load(&path)?) };
+    let insecure = cli.insecure_config;
+    let load = || -> Result<Ctx> {
+        let config = Config::load(&path)?;
+        crate::trust::enforce(&config, insecure)?;
+        Ctx::new(config)
+    };
     match cli.command {
         Command::Init(args) => init::run(&path, args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cutover", &mut std::io::stdout());
             Ok(exit::OK)
         }
-        Command::Check => check::run(&path, json),
+        Command::Check => check::run(&path, json, insecure),
         Command::Deploy(args) => deploy::run(&load()?, args, json),
         Command::Status(args) => status::run(&load()?, args, json),
         Command::Rollback(args) => rollback::run(&load()?, args, json),
