@@ -534,9 +534,7 @@ fn init_writes_a_config_that_loads_and_a_site_that_nginx_accepts() {
         .unwrap()
         .replace("/etc/nginx/cutover/", &format!("{}/", d.display()))
         .replace("/var/log/nginx/", &format!("{}/", d.display()))
-        .replace("listen 80;", &format!("listen 127.0.0.1:{};", free_port()))
-        // The optional generation-marker location must be valid nginx once uncommented.
-        .replace("    # location = /.cutover", "    location = /.cutover");
+        .replace("listen 80;", &format!("listen 127.0.0.1:{};", free_port()));
     assert!(site.contains("    location = /.cutover {"), "{site}");
     assert!(site.contains("access_log ") && site.contains(" cutover_web-app;"), "{site}");
     // The upstream file is kept out of conf.d/, which distributions' nginx.conf already includes by glob.
