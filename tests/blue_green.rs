@@ -473,6 +473,7 @@ fn check_reports_each_item_with_a_fix() {
     assert_eq!(code, 0, "{out}");
     for item in [
         "config",
+        "trust",
         "nginx binary",
         "nginx -t",
         "nginx running",
@@ -508,7 +509,8 @@ fn check_reports_each_item_with_a_fix() {
     assert_eq!(code, 1);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["ready"], false);
-    assert_eq!(j["items"].as_array().unwrap().len(), 10);
+    // Ten items, and two trust items: the config and the upstream file.
+    assert_eq!(j["items"].as_array().unwrap().len(), 12);
     drop(holder);
 }
 
