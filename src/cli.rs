@@ -26,6 +26,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Use files that users other than root (and the user running cutover) can change, with a warning, instead
+    /// of refusing them when running as root (see "Running as root" in the README)
+    #[arg(long, global = true)]
+    pub insecure_config: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -20,5 +20,6 @@ pub mod lock;
 pub mod nginx;
 pub mod plan;
 pub mod strategy;
+pub mod trust;
 pub mod upstream;
 pub mod util;

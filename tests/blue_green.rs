@@ -484,6 +484,7 @@ fn check_reports_each_item_with_a_fix() {
     assert_eq!(code, 0, "{out}");
     for item in [
         "config",
+        "trust",
         "nginx binary",
         "nginx -t",
         "nginx running",
@@ -519,7 +520,8 @@ fn check_reports_each_item_with_a_fix() {
     assert_eq!(code, 8);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["ready"], false);
-    assert_eq!(j["items"].as_array().unwrap().len(), 10);
+    // Ten items, and two trust items: the config and the upstream file.
+    assert_eq!(j["items"].as_array().unwrap().len(), 12);
     drop(holder);
 }
 
@@ -545,9 +547,7 @@ fn init_writes_a_config_that_loads_and_a_site_that_nginx_accepts() {
         .unwrap()
         .replace("/etc/nginx/cutover/", &format!("{}/", d.display()))
         .replace("/var/log/nginx/", &format!("{}/", d.display()))
-        .replace("listen 80;", &format!("listen 127.0.0.1:{};", free_port()))
-        // The optional generation-marker location must be valid nginx once uncommented.
-        .replace("    # location = /.cutover", "    location = /.cutover");
+        .replace("listen 80;", &format!("listen 127.0.0.1:{};", free_port()));
     assert!(site.contains("    location = /.cutover {"), "{site}");
     assert!(site.contains("access_log ") && site.contains(" cutover_web-app;"), "{site}");
     // The upstream file is kept out of conf.d/, which distributions' nginx.conf already includes by glob.

@@ -41,8 +41,9 @@ fn writable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
-pub fn run(path: &Path, json: bool) -> Result<Code> {
-    let setup = match Setup::load(path) {
+pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
+    // Trust is its own item below: load without refusing, then report.
+    let setup = match Setup::load(path, true) {
         Ok(s) => s,
         Err(e) => {
             let items = vec![item("config", false, format!("{e:#}"), "fix the config file at the line shown")];
@@ -52,6 +53,11 @@ pub fn run(path: &Path, json: bool) -> Result<Code> {
     };
     let mut items = vec![item("config", true, format!("{} is valid", path.display()), "")];
     let c = &setup.config;
+    if trust(c, insecure, &mut items) {
+        // The checks below run nginx as the config says; as root, not with files others can change.
+        print(&items, json)?;
+        return Ok(Code::Usage);
+    }
     let nginx = setup.host.real_nginx();
 
     match RealNginx::find(&c.nginx) {
@@ -193,6 +199,25 @@ pub fn run(path: &Path, json: bool) -> Result<Code> {
     ));
     print(&items, json)?;
     Ok(if items.iter().all(|i| i.ok) { Code::Ok } else { Code::Refused })
+}
+
+/// One "trust" item per file cutover takes commands or nginx syntax from, and one for the upstream file root's
+/// nginx includes (a warning only). True when cutover runs as root and refuses to go on.
+fn trust(c: &crate::config::Config, insecure: bool, items: &mut Vec<Item>) -> bool {
+    let euid = nix::unistd::geteuid().as_raw();
+    let owner = crate::trust::owner_for_fix(euid);
+    let mut unsafe_files = false;
+    for r in crate::trust::inspect_all(c, euid) {
+        unsafe_files |= !r.ok();
+        items.push(item("trust", r.ok(), r.detail(), r.fix(&owner)));
+    }
+    let (up, warning) = crate::trust::upstream(c, euid);
+    let detail = match warning {
+        Some(w) => format!("warning: {w}"),
+        None => up.detail(),
+    };
+    items.push(item("trust", up.ok(), detail, up.fix(&owner)));
+    unsafe_files && euid == 0 && !insecure
 }
 
 fn print(items: &[Item], json: bool) -> Result<()> {

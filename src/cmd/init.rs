@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cli::InitArgs;
 use crate::config::Name;
@@ -21,8 +21,9 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<Code> {
         .replace("KEEPALIVE", &keepalive_line())
         .replace("VAR", &format!("cutover_{}", name.as_str().replace('-', "_")))
         .replace("NAME", name.as_str());
-    std::fs::write(config_path, config).with_context(|| format!("could not write {}", config_path.display()))?;
-    std::fs::write(&args.site, site).with_context(|| format!("could not write {}", args.site.display()))?;
+    // The config may come to hold app.env values: not world-readable. The site file is nginx's to read.
+    crate::trust::write_with_mode(config_path, config.as_bytes(), 0o640)?;
+    crate::trust::write_with_mode(&args.site, site.as_bytes(), 0o644)?;
     say!("wrote {} and {}", config_path.display(), args.site.display());
     say!("next: edit app.start, then");
     say!("      mkdir -p /etc/nginx/cutover && cutover render > /etc/nginx/cutover/{name}.upstream.conf");
@@ -65,7 +66,7 @@ name = "NAME"                      # [a-z0-9_-]; names the upstream, the state d
 # {{port}} and {{release}} are substituted; PORT, CUTOVER_RELEASE and CUTOVER_APP are in the app's environment.
 start = "/srv/NAME/releases/{{release}}/bin/server --port {{port}}"
 # workdir = "/srv/NAME"
-# env = { RAILS_ENV = "production" }
+# env = { RAILS_ENV = "production" }   # not for secrets: cutover init writes this file 0640
 stop_timeout = "30s"               # SIGTERM, then SIGKILL after this
 
 [ports]
@@ -89,7 +90,9 @@ upstream_file = "/etc/nginx/cutover/NAME.upstream.conf"
 # pid_file = "/run/nginx.pid"     (found from nginx's config when absent)
 # reload = "signal"               # or "systemctl", or ["sudo", "nginx", "-s", "reload"]
 # template = "upstream.conf.tera" # override the built-in upstream template
-# confirm_url = "http://127.0.0.1/.cutover"   # with the site's /.cutover location: confirm each reload end to end
+# Confirm each reload end to end: the site file's `location = /.cutover` (loopback only) answers the generation
+# of the upstream file nginx runs. Set this to a URL that reaches that server block from this host, e.g.
+# confirm_url = "http://127.0.0.1/.cutover"   (when the site is the default server for port 80)
 
 [deploy]
 strategy = "blue-green"
@@ -128,8 +131,19 @@ KEEPALIVE
     # One JSON line per request (format defined in the upstream file): cutover's canary analysis reads it.
     access_log /var/log/nginx/NAME.cutover.log cutover_NAME;
 
-    # Uncomment, and set nginx.confirm_url, to have cutover confirm that nginx serves each new upstream file.
-    # location = /.cutover { allow 127.0.0.1; allow ::1; deny all; return 200 "$VAR_generation"; }
+    # The generation of the upstream file nginx runs, for nginx.confirm_url: cutover confirms each reload by it.
+    # Loopback only. allow/deny act in nginx's access phase, which comes after `return` would already have
+    # answered, so the answer comes from a named location that try_files reaches once access is granted.
+    location = /.cutover {
+        allow 127.0.0.1;
+        allow ::1;
+        deny all;
+        try_files /.cutover-generation-not-a-file @VAR_generation;
+    }
+    location @VAR_generation {
+        default_type text/plain;
+        return 200 "$VAR_generation\n";
+    }
 
     location / {
         # With canary.sticky or canary.header, proxy to the variable instead: proxy_pass http://$VAR_upstream;

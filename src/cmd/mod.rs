@@ -38,8 +38,11 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn load(path: &Path) -> Result<Setup> {
+    /// Load the config, refusing (as root) files other users could change unless `insecure` (see
+    /// [`crate::trust`]).
+    pub fn load(path: &Path, insecure: bool) -> Result<Setup> {
         let config = Config::load(path)?;
+        crate::trust::enforce(&config, insecure)?;
         let host = RealHost::new(&config);
         let store = Store::new(config.state_dir());
         Ok(Setup { config, host, store })
@@ -85,14 +88,15 @@ pub fn run(cli: Cli) -> Result<Code> {
 
 fn dispatch(cli: Cli, path: &Path) -> Result<Code> {
     let json = cli.json;
-    let load = || Setup::load(path);
+    let insecure = cli.insecure_config;
+    let load = || Setup::load(path, insecure);
     match cli.command {
         Command::Init(args) => init::run(path, args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cutover", &mut std::io::stdout());
             Ok(Code::Ok)
         }
-        Command::Check => check::run(path, json),
+        Command::Check => check::run(path, json, insecure),
         Command::Deploy(args) => deploy::run(&load()?, args, json),
         Command::Status(args) => status::run(&load()?, args, json),
         Command::Rollback(args) => rollback::run(&load()?, args, json),
@@ -132,7 +136,7 @@ fn print_failure(path: &Path, command: &str, e: &anyhow::Error) {
         "exit_code": code.number(),
         "error": format!("{e:#}"),
     });
-    if let Ok(setup) = Setup::load(path) {
+    if let Ok(setup) = Setup::load(path, true) {
         doc["app"] = json!(setup.config.app.name.as_str());
         if let Ok(state) = setup.state() {
             doc["live"] = json!(state.live);

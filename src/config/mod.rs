@@ -47,6 +47,8 @@ pub struct App {
     pub workdir: Option<PathBuf>,
     #[serde(default)]
     pub env: BTreeMap<EnvName, String>,
+    /// `KEY=VALUE` lines for the app's environment, so that secrets stay out of cutover.toml.
+    pub env_file: Option<PathBuf>,
     #[serde(default = "defaults::stop_timeout")]
     pub stop_timeout: Dur,
 }
@@ -411,6 +413,7 @@ impl Config {
         abs(&mut self.nginx.upstream_file);
         for p in [
             &mut self.app.workdir,
+            &mut self.app.env_file,
             &mut self.nginx.prefix,
             &mut self.nginx.pid_file,
             &mut self.nginx.template,

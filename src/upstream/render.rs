@@ -152,7 +152,7 @@ mod tests {
              \"status\":\"$status\",\"upstream_status\":\"$upstream_status\",\
              \"upstream_time\":\"$upstream_response_time\",\"request_time\":\"$request_time\"}';\n\
              \n\
-             # The generation marker: a site that exposes it (e.g. `location = /.cutover { return 200 \"$cutover_shop_generation\"; }`)\n\
+             # The generation marker: a site that exposes it (loopback only, as in the site file `cutover init` writes)\n\
              # and sets nginx.confirm_url lets cutover confirm that nginx answers with this file after a reload.\n\
              map $host $cutover_shop_generation {\n    \
              default  \"7\";\n\
