@@ -26,9 +26,8 @@ use crate::exit::{self, Code};
 use crate::host::real::RealHost;
 use crate::host::Host;
 use crate::journal::{Deployment, State, Store};
-use crate::lock::{self, Lock, Scope};
+use crate::lock::Lock;
 use crate::output::{print_json, Progress};
-use crate::plan::{self, Snapshot};
 
 /// What every command that reads or changes an app works with: its config, the machine, its state directory.
 pub struct Setup {
@@ -155,36 +154,7 @@ fn print_failure(path: &Path, command: &str, e: &anyhow::Error) {
     let _ = print_json(&doc);
 }
 
-/// The start of every command that changes something: take the app's lock, finish or undo what a killed run
-/// left, and report drift. Drift that would be overwritten (a hand-edited upstream file, state gone while the
-/// upstream says a release is live) stops the command unless `force` (exit 8).
+/// The start of every command that changes something: see [`Engine::open`].
 pub fn begin<'a>(setup: &'a Setup, lock_wait: Option<Duration>, force: bool, by: &str) -> Result<(Lock, Engine<'a>)> {
-    setup.store.ensure()?;
-    let progress = Progress::new();
-    let (lock, stale) = lock::acquire(&setup.store.lock_path(), Scope::App, lock_wait)?;
-    if let Some(h) = stale {
-        progress.warn(format!("took over the lock left by {h}: that process is gone"));
-    }
-    let mut eng = setup.engine(progress)?;
-    eng.lock_wait = lock_wait;
-    eng.recover(by)?;
-    let snap = Snapshot::take(&setup.host, &setup.config, eng.state(), None)?;
-    let rendered = eng.renderer.render(&setup.config, eng.state()).ok();
-    let drift = plan::reconcile(&setup.config, eng.state(), &snap, rendered.as_deref());
-    for d in &drift {
-        eng.progress.warn(format!("drift: {d}"));
-    }
-    if let Some(d) = drift.iter().find(|d| d.blocks()) {
-        if !force {
-            let msg = match d {
-                plan::Drift::UpstreamEdited { path } => format!(
-                    "the upstream file {path} was changed outside cutover; look at `cutover render --diff`, then run \
-                     again with --force to replace it"
-                ),
-                other => other.to_string(),
-            };
-            return Err(exit::refused(msg));
-        }
-    }
-    Ok((lock, eng))
+    Engine::open(&setup.config, &setup.host, setup.store.clone(), lock_wait, force, by)
 }
