@@ -12,7 +12,7 @@ use crate::render;
 use crate::transaction::{self, Ctx, Outcome, Plan, Target};
 
 pub fn run(ctx: &Ctx, args: DeployArgs, json: bool) -> Result<i32> {
-    let release: Release = args.release.parse().map_err(exit::usage)?;
+    let release: Release = crate::release_ref::for_deploy(args.release.as_deref(), args.release_from_ref.as_deref())?;
     let strategy = match args.strategy {
         Some(StrategyArg::BlueGreen) => Strategy::BlueGreen,
         Some(StrategyArg::Canary) => Strategy::Canary,

@@ -3,8 +3,10 @@
 mod canary;
 mod check;
 mod deploy;
+mod generate;
 mod history;
 mod init;
+mod release_name;
 mod render;
 mod rollback;
 mod status;
@@ -12,7 +14,6 @@ mod status;
 use std::io::Write;
 
 use anyhow::Result;
-use clap::CommandFactory;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config};
@@ -20,16 +21,18 @@ use crate::exit;
 use crate::transaction::Ctx;
 
 pub fn run(cli: Cli) -> Result<i32> {
-    let path = config::config_path(cli.config.as_deref());
     let json = cli.json;
-    let load = || -> Result<Ctx> { Ctx::new(Config::load(&path)?) };
+    let find = || crate::config_path::find(cli.config.as_deref(), cli.app.as_deref());
+    let load = || -> Result<Ctx> { Ctx::new(Config::load(&find()?)?) };
     match cli.command {
-        Command::Init(args) => init::run(&path, args),
+        Command::Init(args) => init::run(&config::config_path(cli.config.as_deref()), args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "cutover", &mut std::io::stdout());
+            generate::print_completions(shell);
             Ok(exit::OK)
         }
-        Command::Check => check::run(&path, json),
+        Command::ReleaseName { reference } => release_name::run(&reference, json),
+        Command::Generate { what } => generate::run(what),
+        Command::Check => check::run(&find()?, json),
         Command::Deploy(args) => deploy::run(&load()?, args, json),
         Command::Status(args) => status::run(&load()?, args, json),
         Command::Rollback(args) => rollback::run(&load()?, args, json),
