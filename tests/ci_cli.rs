@@ -202,3 +202,19 @@ fn generated_bash_completion_loads_in_bash_and_hides_generate() {
     let (_, stdout, _) = output(c);
     assert_eq!(stdout, std::fs::read_to_string(dir.path().join("out/cutover.bash")).unwrap());
 }
+
+#[test]
+fn init_refuses_app_rather_than_ignoring_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cutover_in(dir.path());
+    c.args(["--app", "shop", "init"]);
+    assert_eq!(
+        output(c),
+        (
+            2,
+            String::new(),
+            "error: init names the app with --name; it writes ./cutover.toml or -c PATH, not a --app config\n".into()
+        )
+    );
+    assert!(names_in(dir.path()).is_empty(), "nothing written");
+}

@@ -25,6 +25,9 @@ pub fn run(cli: Cli) -> Result<i32> {
     let find = || crate::config_path::find(cli.config.as_deref(), cli.app.as_deref());
     let load = || -> Result<Ctx> { Ctx::new(Config::load(&find()?)?) };
     match cli.command {
+        Command::Init(_) if cli.app.is_some() => {
+            Err(exit::usage("init names the app with --name; it writes ./cutover.toml or -c PATH, not a --app config"))
+        }
         Command::Init(args) => init::run(&config::config_path(cli.config.as_deref()), args),
         Command::Completions { shell } => {
             generate::print_completions(shell);
