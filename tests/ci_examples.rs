@@ -391,3 +391,31 @@ fn jenkins_post_build_step_shows_the_plan_then_deploys_the_build_tag() {
     assert!(r.stdout.contains("DEPLOY FAILED: jenkins-myorg-myapp-main-43 failed its health check"), "{r}");
     assert_eq!(host.env.serving(), "jenkins-myorg-myapp-feature-login-7");
 }
+
+#[test]
+fn the_ci_and_packaging_scripts_pass_shellcheck() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let scripts = [
+        "examples/codedeploy/scripts/common.sh",
+        "examples/codedeploy/scripts/before_install.sh",
+        "examples/codedeploy/scripts/after_install.sh",
+        "examples/codedeploy/scripts/application_start.sh",
+        "examples/codedeploy/scripts/validate_service.sh",
+        "examples/github-actions/remote-deploy.sh",
+        "examples/jenkins/deploy.sh",
+        "packaging/build-deb",
+        ".ci/package-test",
+        ".ci/install-missing",
+    ];
+    let out = Command::new("shellcheck")
+        .args(["--external-sources", "--source-path=SCRIPTDIR"])
+        .args(scripts)
+        .current_dir(root)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run shellcheck ({e}): install it (apt-get install shellcheck) or run .ci/test, which does"
+            )
+        });
+    assert!(out.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -2,6 +2,7 @@
 # AfterInstall: stage what CodeDeploy copied to $INCOMING as this deployment's release directory. It is copied
 # to a temporary name first and renamed, so a release directory is never half there; a redeployment of the
 # same deployment id keeps the directory it already has (its app may be running from it).
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 
 release=$(release_name)

@@ -2,6 +2,7 @@
 # ApplicationStart: deploy this deployment's release with cutover. Progress lines go to the deployment log
 # (stderr); the result is read from --json; a failure exits non-zero with cutover's own code, which fails the
 # deployment in CodeDeploy, and says what that code means.
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 
 release=$(release_name)

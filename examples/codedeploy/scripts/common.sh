@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # settings used by the scripts that source this file
 # Settings and helpers shared by the hook scripts (sourced, not run). CodeDeploy sets DEPLOYMENT_ID,
 # APPLICATION_NAME, DEPLOYMENT_GROUP_NAME, DEPLOYMENT_GROUP_ID and LIFECYCLE_EVENT for every hook.
 set -euo pipefail

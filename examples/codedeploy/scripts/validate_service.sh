@@ -2,6 +2,7 @@
 # ValidateService: `cutover status --check` exits 7 when the upstream file drifted from what cutover wrote, a
 # live instance is down or unhealthy, or an operation was left unfinished; the --json document says which.
 # It also checks that what is live is this deployment's release.
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 
 release=$(release_name)
