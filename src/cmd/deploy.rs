@@ -15,7 +15,7 @@ use crate::strategy::{self, canary, Ended, Strategy, Switched};
 use crate::upstream::{self, Renderer};
 
 pub fn run(setup: &Setup, args: DeployArgs, json: bool) -> Result<Code> {
-    let release: Release = args.release.parse().map_err(exit::usage)?;
+    let release: Release = crate::release_ref::for_deploy(args.release.as_deref(), args.release_from_ref.as_deref())?;
     let cfg = &setup.config;
     let strategy = args.strategy.unwrap_or(cfg.deploy.strategy);
     let req = Request { kind: OpKind::Deploy, release: release.clone(), strategy, force: args.force };
