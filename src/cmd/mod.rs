@@ -166,5 +166,5 @@ fn print_failure(path: Option<&Path>, command: &str, e: &anyhow::Error) {
 
 /// The start of every command that changes something: see [`Engine::open`].
 pub fn begin<'a>(setup: &'a Setup, lock_wait: Option<Duration>, force: bool, by: &str) -> Result<(Lock, Engine<'a>)> {
-    Engine::open(&setup.config, &setup.host, setup.store.clone(), lock_wait, force, by)
+    Engine::open(&setup.config, &setup.host, setup.store.clone(), lock_wait, force, by, Progress::new())
 }

@@ -92,9 +92,9 @@ impl<'h> Engine<'h> {
         lock_wait: Option<Duration>,
         force: bool,
         by: &str,
+        progress: Progress,
     ) -> Result<(Lock, Engine<'h>)> {
         store.ensure()?;
-        let progress = Progress::new();
         let (lock, stale) = lock::acquire(&store.lock_path(), Scope::App, lock_wait)?;
         if let Some(h) = stale {
             progress.warn(format!("took over the lock left by {h}: that process is gone"));
