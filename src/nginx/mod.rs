@@ -296,18 +296,24 @@ impl crate::host::Nginx for RealNginx {
         }
     }
 
-    fn write_upstream(&self, text: &str) -> Result<()> {
+    fn upstream_dir_problem(&self) -> Option<String> {
         let path = &self.cfg.upstream_file;
         let dir = path.parent().unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(crate::exit::usage(format!(
+        (!dir.is_dir()).then(|| {
+            format!(
                 "nginx.upstream_file {} is in a directory that does not exist: create {} (and include the file from \
                  nginx's config), or fix nginx.upstream_file",
                 path.display(),
                 dir.display()
-            )));
+            )
+        })
+    }
+
+    fn write_upstream(&self, text: &str) -> Result<()> {
+        if let Some(problem) = self.upstream_dir_problem() {
+            return Err(crate::exit::usage(problem));
         }
-        util::write_atomic(path, text.as_bytes(), 0o644)
+        util::write_atomic(&self.cfg.upstream_file, text.as_bytes(), 0o644)
     }
 
     fn restore_upstream(&self, before: Option<&str>) -> Result<()> {

@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub lock_holder: Option<Holder>,
     /// The previous release's instances all run and answer their health check: a rollback can be a flip.
     pub previous_usable: bool,
+    /// Why the upstream file cannot be written (its directory is missing).
+    pub upstream_dir_problem: Option<String>,
 }
 
 impl Snapshot {
@@ -73,6 +75,7 @@ impl Snapshot {
             upstream_on_disk: host.nginx().read_upstream()?,
             lock_holder,
             previous_usable,
+            upstream_dir_problem: host.nginx().upstream_dir_problem(),
         })
     }
 
@@ -273,6 +276,9 @@ pub fn resolve(req: &Request, cfg: &Config, state: &State, snap: &Snapshot, rend
             };
             refuse(Refusal::new(Code::Refused, msg));
         }
+    }
+    if let Some(p) = &snap.upstream_dir_problem {
+        refuse(Refusal::new(Code::Usage, p.clone()));
     }
     if let Err(e) = &snap.master {
         refuse(Refusal::new(Code::Nginx, e.clone()));
