@@ -46,7 +46,7 @@ fn keepalive_line() -> String {
         confirm_url: None,
         confirm_timeout: crate::config::Positive(std::time::Duration::from_secs(5)),
     };
-    match RealNginx::new(&cfg).version() {
+    match RealNginx::new(&cfg, None).version() {
         Ok(v) if has_keepalive_min_timeout(v) => {
             "    # Idle keep-alive clients are not reset at a reload (nginx >= 1.27.4).\n    keepalive_min_timeout 1s;"
                 .into()

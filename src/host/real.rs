@@ -15,7 +15,8 @@ pub struct RealHost {
 
 impl RealHost {
     pub fn new(config: &Config) -> RealHost {
-        RealHost { runtime: Box::new(Spawn::new(config)), nginx: RealNginx::new(&config.nginx) }
+        let lock = config.state_base().join("nginx.lock");
+        RealHost { runtime: Box::new(Spawn::new(config)), nginx: RealNginx::new(&config.nginx, Some(lock)) }
     }
 
     pub fn real_nginx(&self) -> &RealNginx {

@@ -30,13 +30,16 @@ fn not_running(message: String) -> anyhow::Error {
 pub struct RealNginx {
     cfg: config::Nginx,
     binary: PathBuf,
+    /// The host-wide `nginx.lock`: `nginx -T` reads every app's upstream file, so it waits (shared) while another
+    /// app has a candidate on disk (held exclusively from its write to its confirmed reload).
+    lock: Option<PathBuf>,
 }
 
 impl RealNginx {
     /// Resolve the nginx binary. Debian installs it in /usr/sbin, which a non-root PATH often lacks.
-    pub fn new(cfg: &config::Nginx) -> RealNginx {
+    pub fn new(cfg: &config::Nginx, lock: Option<PathBuf>) -> RealNginx {
         let binary = Self::find(cfg).unwrap_or_else(|_| PathBuf::from(&cfg.binary));
-        RealNginx { cfg: cfg.clone(), binary }
+        RealNginx { cfg: cfg.clone(), binary, lock }
     }
 
     /// Where the nginx binary is, or why it cannot be found.
@@ -104,6 +107,12 @@ impl RealNginx {
 
     /// `nginx -T`: the whole config, every included file introduced by `# configuration file PATH:`.
     pub fn dump(&self) -> Result<String> {
+        let _reading = match &self.lock {
+            Some(path) if path.parent().is_some_and(Path::is_dir) => {
+                Some(crate::lock::shared(path, Duration::from_secs(60))?)
+            }
+            _ => None,
+        };
         let out = self.run(&["-T", "-q"])?;
         if !out.status.success() {
             bail!(
@@ -138,13 +147,33 @@ impl RealNginx {
         Ok(text.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_string))
     }
 
+    /// nginx's main config file: `nginx.conf`, else the compiled-in path.
+    fn main_conf(&self) -> Result<PathBuf> {
+        if let Some(c) = &self.cfg.conf {
+            return Ok(c.clone());
+        }
+        let path = PathBuf::from(self.compiled("--conf-path=")?.unwrap_or_else(|| "conf/nginx.conf".into()));
+        Ok(if path.is_relative() { self.prefix()?.join(path) } else { path })
+    }
+
+    /// A main-context directive of the main config file itself (`pid`, `error_log` live there). Read from the
+    /// file rather than `nginx -T`, which would also parse every app's upstream file, another app's half-done
+    /// candidate included.
+    fn main_directive(&self, name: &str) -> Result<Option<String>> {
+        let path = self.main_conf()?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("could not read nginx's config {}", path.display()))?;
+        Ok(dump::main_directive(&format!("# configuration file {}:\n{text}", path.display()), name))
+    }
+
     /// The master's pid file: `nginx.pid_file`, else the main-context `pid` directive, else nginx's built-in one.
     pub fn pid_file(&self) -> Result<PathBuf> {
         if let Some(p) = &self.cfg.pid_file {
             return Ok(p.clone());
         }
-        let dump = self.dump().context("could not read nginx's config to find its pid file (or set nginx.pid_file)")?;
-        let from_conf = dump::main_directive(&dump, "pid");
+        let from_conf = self
+            .main_directive("pid")
+            .context("could not read nginx's config to find its pid file (or set nginx.pid_file)")?;
         let path = match from_conf {
             Some(p) => PathBuf::from(p),
             None => PathBuf::from(self.compiled("--pid-path=")?.unwrap_or_else(|| "logs/nginx.pid".into())),
@@ -258,8 +287,7 @@ impl RealNginx {
 
     /// The last lines of nginx's error log, when the config names one cutover can read.
     fn error_log_tail(&self) -> String {
-        let Ok(dump) = self.dump() else { return String::new() };
-        let Some(path) = dump::main_directive(&dump, "error_log") else { return String::new() };
+        let Ok(Some(path)) = self.main_directive("error_log") else { return String::new() };
         let mut path = PathBuf::from(path);
         if path.is_relative() {
             match self.prefix() {
