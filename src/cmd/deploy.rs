@@ -95,7 +95,7 @@ fn dry_run(setup: &Setup, req: &Request, json: bool) -> Result<Code> {
     let cfg = &setup.config;
     let state = setup.state()?;
     let holder = crate::lock::holder(&setup.store.lock_path());
-    let snap = Snapshot::take(&setup.host, cfg, &state, holder.clone())?;
+    let snap = Snapshot::take(&setup.host, cfg, &state, holder.clone())?.with_release(cfg, req.release.as_str());
     let renderer = Renderer::new(cfg)?;
     let mut plan = plan::resolve(req, cfg, &state, &snap, &renderer)?;
     if plan.refusal.is_none() {

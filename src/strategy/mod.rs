@@ -109,7 +109,7 @@ pub enum Ended {
 
 /// Resolve a request into a plan against the host as it is now; a refusal is returned as its error.
 pub fn plan_for(eng: &Engine, req: &Request) -> Result<Plan> {
-    let snap = Snapshot::take(eng.host, eng.cfg, eng.state(), None)?;
+    let snap = Snapshot::take(eng.host, eng.cfg, eng.state(), None)?.with_release(eng.cfg, req.release.as_str());
     let plan = plan::resolve(req, eng.cfg, eng.state(), &snap, &eng.renderer)?;
     for n in &plan.notes {
         eng.progress.note(n);
