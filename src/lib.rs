@@ -16,6 +16,7 @@ pub mod config_path;
 pub mod engine;
 pub mod exit;
 pub mod host;
+pub mod hostcheck;
 pub mod journal;
 pub mod lock;
 pub mod nginx;

@@ -490,9 +490,13 @@ fn check_reports_each_item_with_a_fix() {
         "nginx running",
         "upstream dir",
         "upstream included",
+        "site",
+        "nginx config",
         "canary setup",
         "state dir",
         "ports",
+        "ephemeral ports",
+        "state shared",
         "time budget",
     ] {
         assert!(out.contains(&format!("ok   {item:<18} ")), "{item}: {out}");
@@ -520,8 +524,8 @@ fn check_reports_each_item_with_a_fix() {
     assert_eq!(code, 8);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["ready"], false);
-    // Ten items, and two trust items: the config and the upstream file.
-    assert_eq!(j["items"].as_array().unwrap().len(), 12);
+    // Fourteen items, and two trust items: the config and the upstream file.
+    assert_eq!(j["items"].as_array().unwrap().len(), 16);
     drop(holder);
 }
 

@@ -37,6 +37,10 @@ fn existing_ancestor(p: &Path) -> PathBuf {
     cur
 }
 
+fn finding(f: crate::hostcheck::Finding) -> Item {
+    item(f.name, f.ok, f.detail, f.fix)
+}
+
 fn writable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
 }
@@ -113,6 +117,8 @@ pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
                     up.display()
                 ),
             ));
+            items.push(finding(crate::hostcheck::site::site(&text, c)));
+            items.extend(crate::hostcheck::running::freshness(&setup.host, &text, c).map(finding));
         }
         Err(e) => items.push(item("upstream included", false, format!("{e:#}"), "fix nginx's config first")),
     }
@@ -166,9 +172,10 @@ pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
     let strategy = c.deploy.strategy;
     let needed = strategy.ports_needed(c);
     let usable = free + notes.len();
+    notes.extend(crate::hostcheck::ports::time_wait_note(&c.pool()));
     items.push(item(
         "ports",
-        busy.is_empty() && usable >= needed,
+        usable >= needed,
         format!(
             "{free} of {} pool port(s) free on {}{}{}; deploy.strategy = \"{strategy}\" needs {needed} ({})",
             snap.pool.len(),
@@ -179,6 +186,8 @@ pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
         ),
         "stop what holds those ports or take them out of ports.pool",
     ));
+    items.push(finding(crate::hostcheck::ports::ephemeral_item(c)));
+    items.push(finding(crate::hostcheck::state_dirs::item(c)));
     // Each of these can run to its limit in one deploy; the reload confirm twice (the reload, and the reload of
     // the restored file when it fails).
     let worst = c.health.deadline.0

@@ -250,6 +250,9 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
     if let Some(w) = history_warning {
         crate::output::err_line(&format!("cutover: warning: {w}"));
     }
+    if let Some(w) = crate::hostcheck::state_dirs::warning(cfg) {
+        crate::output::err_line(&format!("cutover: warning: {w}"));
+    }
     if args.check && !problems.is_empty() {
         if !json {
             crate::output::err_line(&format!("cutover: status --check failed: {}", problems.join("; ")));

@@ -1,5 +1,9 @@
 //! Reading nginx's configuration as `nginx -T` prints it: pure functions over the dump text. Every file nginx
-//! loaded is introduced by `# configuration file PATH:`.
+//! loaded is introduced by `# configuration file PATH:`. [`conf`] reads it into a tree with includes expanded;
+//! [`servers`] says which server block gets which requests.
+
+pub mod conf;
+pub mod servers;
 
 use std::path::{Path, PathBuf};
 
