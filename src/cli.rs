@@ -187,6 +187,10 @@ pub struct InitArgs {
     /// Where to write the nginx site file
     #[arg(long, default_value = "cutover-site.conf")]
     pub site: PathBuf,
+    /// The name users reach the app by: the site's server_name (repeat for more) [default: this host's fully
+    /// qualified name]
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_name: Vec<String>,
     /// Overwrite existing files
     #[arg(long)]
     pub force: bool,

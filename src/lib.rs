@@ -23,6 +23,7 @@ pub mod nginx;
 pub mod plan;
 pub mod release_ref;
 pub mod strategy;
+pub mod sudoers;
 pub mod trust;
 pub mod upstream;
 pub mod util;

@@ -539,9 +539,17 @@ fn init_writes_a_config_that_loads_and_a_site_that_nginx_accepts() {
         c.env_remove("CUTOVER_CONFIG").arg("-c").arg(&cfg);
         c
     };
-    let out = cutover().args(["init", "--name", "web-app", "--site"]).arg(d.join("site.conf")).output().unwrap();
+    let out = cutover()
+        .args(["init", "--name", "web-app", "--server-name", "web-app.example.com", "--site"])
+        .arg(d.join("site.conf"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let again = cutover().args(["init", "--name", "web-app", "--site"]).arg(d.join("site.conf")).output().unwrap();
+    let again = cutover()
+        .args(["init", "--name", "web-app", "--server-name", "web-app.example.com", "--site"])
+        .arg(d.join("site.conf"))
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(2), "init does not overwrite without --force");
     // The config it wrote loads; the upstream it renders and the site file pass a real nginx -t.
     let up = cutover().arg("render").output().unwrap();

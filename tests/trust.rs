@@ -471,7 +471,7 @@ fn the_generation_endpoint_init_writes_answers_loopback_only() {
     let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .arg("-c")
         .arg(d.path().join("cutover.toml"))
-        .args(["init", "--name", "shop", "--site"])
+        .args(["init", "--name", "shop", "--server-name", "shop.example.com", "--site"])
         .arg(&site)
         .output()
         .unwrap();

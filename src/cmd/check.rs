@@ -72,7 +72,12 @@ pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
     }
     match nginx.test() {
         Ok(()) => items.push(item("nginx -t", true, "nginx accepts its current config", "")),
-        Err(e) => items.push(item("nginx -t", false, format!("{e:#}"), "fix nginx's config until `nginx -t` passes")),
+        Err(e) => items.push(item(
+            "nginx -t",
+            false,
+            format!("{e:#}"),
+            crate::sudoers::nginx_t_fix(c).unwrap_or_else(|| "fix nginx's config until `nginx -t` passes".into()),
+        )),
     }
     // Finding the master needs its pid file, which comes from nginx's config: with a broken config that is
     // the thing to fix, not a stopped nginx.

@@ -9,6 +9,8 @@ use crate::config::Name;
 use crate::exit::{self, Code};
 use crate::nginx::{has_keepalive_min_timeout, RealNginx};
 
+use super::init_names;
+
 pub fn run(config_path: &Path, args: InitArgs) -> Result<Code> {
     let name: Name = args.name.parse().map_err(exit::usage)?;
     for p in [config_path, args.site.as_path()] {
@@ -16,8 +18,13 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<Code> {
             return Err(exit::usage(format!("{} exists; pass --force to overwrite it", p.display())));
         }
     }
-    let config = CONFIG.replace("NAME", name.as_str());
+    let (server_names, source) = init_names::server_names(&args.server_name)?;
+    let mut root_nginx = default_nginx();
+    root_nginx.run_as_root = Some(vec!["sudo".into(), "-n".into()]);
+    let config =
+        CONFIG.replace("SUDOERS", &crate::sudoers::nginx_rule("deploy", &root_nginx)).replace("NAME", name.as_str());
     let site = SITE
+        .replace("SERVERNAME", &server_names.join(" "))
         .replace("KEEPALIVE", &keepalive_line())
         .replace("VAR", &crate::upstream::Names::for_app(name.as_str()).vars)
         .replace("NAME", name.as_str());
@@ -25,6 +32,16 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<Code> {
     crate::trust::write_with_mode(config_path, config.as_bytes(), 0o640)?;
     crate::trust::write_with_mode(&args.site, site.as_bytes(), 0o644)?;
     say!("wrote {} and {}", config_path.display(), args.site.display());
+    if source == init_names::Source::Fqdn {
+        say!(
+            "the site's server_name is this host's name, {}; if users reach the app by another name, run again with \
+             --server-name NAME --force",
+            server_names[0]
+        );
+    }
+    if let Some(note) = init_names::default_site_note(Path::new("/etc/nginx/sites-enabled")) {
+        say!("note: {note}");
+    }
     say!("next: edit app.start, then");
     say!("      mkdir -p /etc/nginx/cutover && cutover render > /etc/nginx/cutover/{name}.upstream.conf");
     say!("      cp {} /etc/nginx/sites-enabled/{name} && nginx -t && systemctl reload nginx", args.site.display());
@@ -35,18 +52,7 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<Code> {
 /// nginx resets idle keep-alive client connections at a reload unless `keepalive_min_timeout` (nginx 1.27.4 and
 /// later) keeps them; write it when this host's nginx has it, and say why not otherwise.
 fn keepalive_line() -> String {
-    let cfg = crate::config::Nginx {
-        upstream_file: Default::default(),
-        binary: "nginx".into(),
-        prefix: None,
-        conf: None,
-        pid_file: None,
-        reload: Default::default(),
-        template: None,
-        confirm_url: None,
-        confirm_timeout: crate::config::Positive(std::time::Duration::from_secs(5)),
-    };
-    match RealNginx::new(&cfg, None).version() {
+    match RealNginx::new(&default_nginx(), None).version() {
         Ok(v) if has_keepalive_min_timeout(v) => {
             "    # Idle keep-alive clients are not reset at a reload (nginx >= 1.27.4).\n    keepalive_min_timeout 1s;"
                 .into()
@@ -56,6 +62,22 @@ fn keepalive_line() -> String {
         ),
         Err(_) => "    # From nginx 1.27.4, `keepalive_min_timeout 1s;` keeps a reload from resetting idle keep-alive clients."
             .into(),
+    }
+}
+
+/// The `[nginx]` section init writes, as a config: the system nginx, reloaded by signal.
+fn default_nginx() -> crate::config::Nginx {
+    crate::config::Nginx {
+        upstream_file: Default::default(),
+        binary: "nginx".into(),
+        prefix: None,
+        conf: None,
+        pid_file: None,
+        reload: Default::default(),
+        template: None,
+        confirm_url: None,
+        confirm_timeout: crate::config::Positive(std::time::Duration::from_secs(5)),
+        run_as_root: None,
     }
 }
 
@@ -89,17 +111,25 @@ upstream_file = "/etc/nginx/cutover/NAME.upstream.conf"
 # prefix = "/opt/nginx"  conf = "conf/nginx.conf"   (a private nginx: nginx -p PREFIX -c CONF; conf relative to prefix)
 # pid_file = "/run/nginx.pid"     (found from nginx's config when absent)
 # reload = "signal"               # or "systemctl", or ["sudo", "nginx", "-s", "reload"]
+# A non-root deploy user (`deploy` below) runs nginx -t, nginx -T and the reload as root through sudo:
+# run_as_root = ["sudo", "-n"]
+# with exactly these commands allowed in /etc/sudoers.d/cutover (edit it with visudo -f /etc/sudoers.d/cutover):
+#   SUDOERS
+# and the upstream file's directory and the state directory its own: install -d -o deploy /etc/nginx/cutover /var/lib/cutover
 # template = "upstream.conf.tera" # override the built-in upstream template
 # Confirm each reload end to end: the site file's `location = /.cutover` (loopback only) answers the generation
 # of the upstream file nginx runs. Set this to a URL that reaches that server block from this host, e.g.
-# confirm_url = "http://127.0.0.1/.cutover"   (when the site is the default server for port 80)
+# confirm_url = "http://127.0.0.1/.cutover"   (only when the site is the default server of port 80: a request
+#                                             to 127.0.0.1 carries no server_name of the site)
 
 [deploy]
 strategy = "blue-green"
 instances = 1
 drain_timeout = "30s"              # longest wait for nginx's old workers before stopping the old release
 keep_previous = false              # true: keep the previous release running idle for a sub-second rollback
-# state_dir = "/var/lib/cutover"
+# One state for every user that runs cutover (without it, root uses /var/lib/cutover and other users
+# ~/.local/state/cutover, and `sudo cutover rollback` would act on another state than the CI user's deploys).
+state_dir = "/var/lib/cutover"
 
 [canary]                           # `cutover deploy --strategy canary`
 steps = [10, 25, 50, 100]          # percent of traffic to the new release, one reload per step
@@ -126,7 +156,9 @@ include /etc/nginx/cutover/NAME.upstream.conf;
 
 server {
     listen 80;
-    server_name _;
+    # The name users reach the app by. A site without one gets requests only as the default server of port 80,
+    # which on Debian is sites-enabled/default ("Welcome to nginx!").
+    server_name SERVERNAME;
 KEEPALIVE
     # One JSON line per request (format defined in the upstream file): cutover's canary analysis reads it.
     access_log /var/log/nginx/NAME.cutover.log cutover_NAME;

@@ -8,6 +8,7 @@ mod deploy;
 mod generate;
 mod history;
 mod init;
+mod init_names;
 mod recover;
 mod release_name;
 mod render;

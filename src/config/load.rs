@@ -140,6 +140,9 @@ impl Config {
         if self.nginx.binary.trim().is_empty() {
             return bad("nginx.binary is empty".into());
         }
+        if self.nginx.run_as_root.as_ref().is_some_and(|v| v.is_empty() || v[0].trim().is_empty()) {
+            return bad("nginx.run_as_root is empty: use e.g. [\"sudo\", \"-n\"], or leave it out".into());
+        }
         Ok(())
     }
 

@@ -125,6 +125,10 @@ pub struct Nginx {
     /// How long a reload may take to show new workers before it counts as not applied.
     #[serde(default = "defaults::confirm_timeout")]
     pub confirm_timeout: Positive,
+    /// An argv prefix that runs nginx as root for a non-root deploy user (`["sudo", "-n"]`): used for
+    /// `nginx -t`, `nginx -T` and the reload (`nginx -s reload` for "signal", `systemctl reload nginx` for
+    /// "systemctl"). See `cutover init` for the sudoers lines it needs.
+    pub run_as_root: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

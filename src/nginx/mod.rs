@@ -62,7 +62,20 @@ impl RealNginx {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.binary);
+        self.command_as(false)
+    }
+
+    /// The nginx command line; with `as_root`, behind `nginx.run_as_root` when it is set (a non-root deploy user
+    /// runs `nginx -t`, `-T` and the reload as root through sudo).
+    fn command_as(&self, as_root: bool) -> Command {
+        let mut c = match self.cfg.run_as_root.as_deref().filter(|_| as_root) {
+            Some(prefix) => {
+                let mut c = Command::new(&prefix[0]);
+                c.args(&prefix[1..]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         if let Some(p) = &self.cfg.prefix {
             // nginx joins the prefix and relative paths without a separator; give it one.
             let mut s = p.as_os_str().to_owned();
@@ -79,6 +92,11 @@ impl RealNginx {
 
     fn describe(&self, args: &str) -> String {
         let mut s = self.binary.display().to_string();
+        if let Some(prefix) = &self.cfg.run_as_root {
+            if args != "-v" && args != "-V" {
+                s = format!("{} {s}", prefix.join(" "));
+            }
+        }
         if let Some(p) = &self.cfg.prefix {
             s.push_str(&format!(" -p {}", p.display()));
         }
@@ -92,9 +110,42 @@ impl RealNginx {
         self.command().args(args).output().with_context(|| format!("could not run {}", self.describe(&args.join(" "))))
     }
 
+    /// The commands cutover runs as root through `nginx.run_as_root` (without the prefix), as a sudoers rule
+    /// must list them: `nginx -t -q`, `nginx -T -q`, and the reload.
+    pub fn root_commands(&self) -> Vec<Vec<String>> {
+        let argv = |extra: &[&str]| {
+            let c = self.command_as(false);
+            let mut v: Vec<String> = vec![c.get_program().to_string_lossy().into_owned()];
+            v.extend(c.get_args().map(|a| a.to_string_lossy().into_owned()));
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let mut out = vec![argv(&["-t", "-q"]), argv(&["-T", "-q"])];
+        match &self.cfg.reload {
+            Reload::Signal => out.push(argv(&["-s", "reload"])),
+            Reload::Systemctl => {
+                let bin = which::which("systemctl").unwrap_or_else(|_| PathBuf::from("/usr/bin/systemctl"));
+                out.push(vec![bin.display().to_string(), "reload".into(), "nginx".into()]);
+            }
+            Reload::Command(v) if v.first().is_some_and(|c| c == "sudo") => {
+                out.push(v.iter().skip(1).skip_while(|a| a.starts_with('-')).cloned().collect())
+            }
+            Reload::Command(_) => {}
+        }
+        out
+    }
+
+    /// [`RealNginx::run`] as root when `nginx.run_as_root` says how.
+    fn run_as_root(&self, args: &[&str]) -> Result<Output> {
+        self.command_as(true)
+            .args(args)
+            .output()
+            .with_context(|| format!("could not run {}", self.describe(&args.join(" "))))
+    }
+
     /// `nginx -t`. A rejection is a [`Failure`] with exit code 4 carrying nginx's own message.
     pub fn test(&self) -> Result<()> {
-        let out = self.run(&["-t", "-q"])?;
+        let out = self.run_as_root(&["-t", "-q"])?;
         if out.status.success() {
             return Ok(());
         }
@@ -113,7 +164,7 @@ impl RealNginx {
             }
             _ => None,
         };
-        let out = self.run(&["-T", "-q"])?;
+        let out = self.run_as_root(&["-T", "-q"])?;
         if !out.status.success() {
             bail!(
                 "{} exited {}: {}",
@@ -371,9 +422,18 @@ impl crate::host::Nginx for RealNginx {
 
     /// Ask the master to reload, the configured way.
     fn reload(&self, master: &Master) -> Result<()> {
+        let prefix = self.cfg.run_as_root.as_deref();
         match &self.cfg.reload {
+            Reload::Signal if prefix.is_some() => {
+                run_ok(self.command_as(true).args(["-s", "reload"]), &self.describe("-s reload"))
+            }
             Reload::Signal => kill(Pid::from_raw(master.pid), Signal::SIGHUP)
                 .with_context(|| format!("could not send SIGHUP to nginx master {}", master.pid)),
+            Reload::Systemctl if prefix.is_some() => {
+                let p = prefix.unwrap_or_default();
+                let what = format!("{} systemctl reload nginx", p.join(" "));
+                run_ok(Command::new(&p[0]).args(&p[1..]).args(["systemctl", "reload", "nginx"]), &what)
+            }
             Reload::Systemctl => run_ok(Command::new("systemctl").args(["reload", "nginx"]), "systemctl reload nginx"),
             Reload::Command(argv) => run_ok(Command::new(&argv[0]).args(&argv[1..]), &argv.join(" ")),
         }
