@@ -64,6 +64,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Finish or undo an operation a killed run left (exit 0 when there is none)
     Recover(LockArgs),
+    /// Re-render the upstream after a config or template change: written, nginx -t, reloaded, confirmed
+    Apply(ApplyArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -177,6 +179,15 @@ pub struct HistoryArgs {
     /// Show at most this many events, newest last
     #[arg(short = 'n', long, default_value_t = 20)]
     pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Apply even when the upstream file on disk was changed outside cutover
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Debug, Args)]

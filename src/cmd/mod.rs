@@ -2,6 +2,7 @@
 //! reports. With `--json`, a failing command still prints one JSON document (`"ok": false`, its exit code, the
 //! error, and what is known), so that a CI step can parse every outcome.
 
+mod apply;
 mod canary;
 mod check;
 mod deploy;
@@ -114,6 +115,7 @@ fn dispatch(cli: Cli) -> Result<Code> {
         Command::Abort(args) => canary::abort(&load()?, args, json),
         Command::Canary(args) => canary::run(&load()?, args, json),
         Command::Recover(args) => recover::run(&load()?, args, json),
+        Command::Apply(args) => apply::run(&load()?, args, json),
     }
 }
 
@@ -130,6 +132,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Render(_) => "render",
         Command::History(_) => "history",
         Command::Recover(_) => "recover",
+        Command::Apply(_) => "apply",
         Command::Completions { .. } => "completions",
         Command::ReleaseName { .. } => "release-name",
         Command::Generate { .. } => "generate",
