@@ -66,6 +66,10 @@ pub enum Command {
     Recover(LockArgs),
     /// Re-render the upstream after a config or template change: written, nginx -t, reloaded, confirmed
     Apply(ApplyArgs),
+    /// List releases: from history and the release directories, with what is live and previous
+    Releases(ReleasesArgs),
+    /// Remove old release directories and their logs, never the live or the previous release's
+    Prune(PruneArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -186,6 +190,25 @@ pub struct ApplyArgs {
     /// Apply even when the upstream file on disk was changed outside cutover
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleasesArgs {
+    /// Print only the names, one a line, newest first (what shell completion of `rollback --to` reads)
+    #[arg(long, hide = true)]
+    pub names: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Keep the newest N releases (the live and the previous one are always kept, and count toward N)
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    /// Show what would be removed; remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub lock: LockArgs,
 }

@@ -11,6 +11,7 @@ pub mod output;
 
 pub mod cli;
 pub mod cmd;
+pub mod completion;
 pub mod config;
 pub mod config_path;
 pub mod engine;
@@ -22,6 +23,7 @@ pub mod lock;
 pub mod nginx;
 pub mod plan;
 pub mod release_ref;
+pub mod releases;
 pub mod strategy;
 pub mod sudoers;
 pub mod trust;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::CommandFactory;
-use clap_complete::Shell;
+use clap_complete::{Generator, Shell};
 use clap_mangen::roff::{bold, italic, roman, Roff};
 
 use crate::cli::{Cli, GenerateCommand};
@@ -31,8 +31,16 @@ pub fn run(what: GenerateCommand) -> Result<Code> {
 pub const PACKAGED_SHELLS: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];
 
 /// `cutover completions SHELL`: the completion script on stdout.
-pub fn print_completions(shell: Shell) {
-    clap_complete::generate(shell, &mut visible(&Cli::command()), "cutover", &mut std::io::stdout());
+pub fn print_completions(shell: Shell) -> Result<()> {
+    put!("{}", script(shell)?);
+    Ok(())
+}
+
+/// The completion script for `shell`, with `rollback --to` completing release names ([`crate::completion`]).
+fn script(shell: Shell) -> Result<String> {
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut visible(&Cli::command()), "cutover", &mut buf);
+    crate::completion::with_release_names(shell, &String::from_utf8_lossy(&buf))
 }
 
 fn completions(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -40,8 +48,10 @@ fn completions(dir: &Path) -> Result<Vec<PathBuf>> {
     PACKAGED_SHELLS
         .iter()
         .map(|shell| {
-            clap_complete::generate_to(*shell, &mut visible(&Cli::command()), "cutover", dir)
-                .with_context(|| format!("could not write the {shell} completions into {}", dir.display()))
+            let path = dir.join(shell.file_name("cutover"));
+            std::fs::write(&path, script(*shell)?)
+                .with_context(|| format!("could not write the {shell} completions into {}", dir.display()))?;
+            Ok(path)
         })
         .collect()
 }

@@ -10,8 +10,10 @@ mod generate;
 mod history;
 mod init;
 mod init_names;
+mod prune;
 mod recover;
 mod release_name;
+mod releases;
 mod render;
 mod rollback;
 mod status;
@@ -100,7 +102,7 @@ fn dispatch(cli: Cli) -> Result<Code> {
         }
         Command::Init(args) => init::run(&config::config_path(cli.config.as_deref()), args),
         Command::Completions { shell } => {
-            generate::print_completions(shell);
+            generate::print_completions(shell)?;
             Ok(Code::Ok)
         }
         Command::ReleaseName { reference } => release_name::run(&reference, json),
@@ -116,6 +118,8 @@ fn dispatch(cli: Cli) -> Result<Code> {
         Command::Canary(args) => canary::run(&load()?, args, json),
         Command::Recover(args) => recover::run(&load()?, args, json),
         Command::Apply(args) => apply::run(&load()?, args, json),
+        Command::Releases(args) => releases::run(&load()?, args, json),
+        Command::Prune(args) => prune::run(&load()?, args, json),
     }
 }
 
@@ -133,6 +137,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::History(_) => "history",
         Command::Recover(_) => "recover",
         Command::Apply(_) => "apply",
+        Command::Releases(_) => "releases",
+        Command::Prune(_) => "prune",
         Command::Completions { .. } => "completions",
         Command::ReleaseName { .. } => "release-name",
         Command::Generate { .. } => "generate",
