@@ -43,7 +43,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a commented cutover.toml and an nginx site file that includes the upstream file
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Check the config and whether this host is ready to deploy
     Check,
     /// Deploy a release: start, health-check, switch nginx, drain and stop the old release
@@ -228,6 +228,44 @@ pub struct InitArgs {
     /// Overwrite existing files
     #[arg(long)]
     pub force: bool,
+    /// Take over an app nginx already proxies to (a switch.sh setup): find it in `nginx -T`, record the running
+    /// process as the live release, and point nginx at cutover's upstream
+    #[arg(long)]
+    pub adopt: bool,
+    #[command(flatten)]
+    pub adopt_opts: AdoptArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Adopting (with --adopt)")]
+pub struct AdoptArgs {
+    /// The release name for the running process [default: adopted-PORT]
+    #[arg(long, requires = "adopt")]
+    pub release: Option<String>,
+    /// The health check path the running app answers (200)
+    #[arg(long, requires = "adopt", default_value = "/health", value_name = "PATH")]
+    pub health_path: String,
+    /// Which proxy to adopt when several qualify: its variable ($service_url) or upstream name
+    #[arg(long, requires = "adopt", value_name = "VAR|UPSTREAM")]
+    pub proxy: Option<String>,
+    /// The pool ports [default: the live port(s) and those of idle copies of the app found running]
+    #[arg(long, requires = "adopt", value_delimiter = ',', value_name = "PORT,PORT")]
+    pub pool: Vec<u16>,
+    /// Where cutover's upstream file goes [default: cutover/NAME.upstream.conf beside nginx's main config]
+    #[arg(long, requires = "adopt", value_name = "PATH")]
+    pub upstream_file: Option<PathBuf>,
+    /// deploy.state_dir: where the adopted release is recorded [default: /var/lib/cutover]
+    #[arg(long, requires = "adopt", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A private nginx's prefix (nginx -p)
+    #[arg(long, requires = "adopt", value_name = "DIR")]
+    pub nginx_prefix: Option<PathBuf>,
+    /// A private nginx's config (nginx -c), relative to the prefix
+    #[arg(long, requires = "adopt", value_name = "PATH")]
+    pub nginx_conf: Option<PathBuf>,
+    /// Show what adopting would change and the config it would write; change nothing
+    #[arg(long, requires = "adopt")]
+    pub dry_run: bool,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -9,6 +9,7 @@
 #[macro_use]
 pub mod output;
 
+pub mod adopt;
 pub mod cli;
 pub mod cmd;
 pub mod completion;

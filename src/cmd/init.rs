@@ -12,6 +12,9 @@ use crate::nginx::{has_keepalive_min_timeout, RealNginx};
 use super::init_names;
 
 pub fn run(config_path: &Path, args: InitArgs) -> Result<Code> {
+    if args.adopt {
+        return super::adopt::run(config_path, args);
+    }
     let name: Name = args.name.parse().map_err(exit::usage)?;
     for p in [config_path, args.site.as_path()] {
         if p.exists() && !args.force {

@@ -2,6 +2,7 @@
 //! reports. With `--json`, a failing command still prints one JSON document (`"ok": false`, its exit code, the
 //! error, and what is known), so that a CI step can parse every outcome.
 
+mod adopt;
 mod apply;
 mod canary;
 mod check;
@@ -100,7 +101,7 @@ fn dispatch(cli: Cli) -> Result<Code> {
         Command::Init(_) if cli.app.is_some() => {
             Err(exit::usage("init names the app with --name; it writes ./cutover.toml or -c PATH, not a --app config"))
         }
-        Command::Init(args) => init::run(&config::config_path(cli.config.as_deref()), args),
+        Command::Init(args) => init::run(&config::config_path(cli.config.as_deref()), *args),
         Command::Completions { shell } => {
             generate::print_completions(shell)?;
             Ok(Code::Ok)

@@ -169,6 +169,17 @@ impl Runtime for Spawn {
                 return out;
             }
         }
+        // A proven process that leads no group of its own was not started by cutover (which starts every
+        // instance in a new session) but adopted (`cutover init --adopt`): its group is whatever started it.
+        // Signal the process alone.
+        if let (Some((pid, st)), true) = (&leader, leader_ours) {
+            if st.pgrp != *pid {
+                out.how = terminate(*pid, &[*pid], timeout, || {
+                    vec![*pid].into_iter().filter(|p| proc::pid_alive(*p)).collect()
+                });
+                return out;
+            }
+        }
         // The group to signal: the recorded leader's, when the leader is ours or has exited (its group may live
         // on: a shell that sent the app to the background). Members are checked by marker, never by number alone.
         if let Some(pgid) = inst.pid {

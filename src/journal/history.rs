@@ -121,6 +121,7 @@ impl Event {
 
     /// Whether this event made `release` live here: what `rollback --to` may return to.
     pub fn made_live(&self) -> bool {
-        self.outcome == Outcome::Ok && matches!(self.kind, OpKind::Deploy | OpKind::Rollback | OpKind::Promote)
+        self.outcome == Outcome::Ok
+            && matches!(self.kind, OpKind::Deploy | OpKind::Rollback | OpKind::Promote | OpKind::Adopt)
     }
 }

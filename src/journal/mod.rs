@@ -52,6 +52,10 @@ pub enum Change {
     /// The app taken offline (`cutover stop`): nothing serves; live instances are recorded to stop, the live
     /// release stays recorded so that `up` or `deploy` bring it back.
     Offline,
+    /// `cutover init --adopt`: processes cutover did not start become the record. `live` is what nginx routed
+    /// to; `previous` an idle copy of the app on another pool port (the switch.sh pattern leaves one), kept
+    /// running and not listed in the upstream. Only for an app with nothing recorded ([`Journal::adopt`]).
+    Adopt { live: Deployment, previous: Option<Deployment> },
 }
 
 impl Change {
@@ -171,6 +175,13 @@ impl Change {
                     live.instances.extend(new.iter().cloned());
                     live.instances.sort_by_key(|i| i.port);
                 }
+            }
+            Change::Adopt { live, previous } => {
+                state.live = Some(live.clone());
+                state.previous = previous.clone();
+                state.backup.clear();
+                state.canary = None;
+                state.rolling = None;
             }
             Change::Offline => {
                 if let Some(live) = &state.live {
@@ -339,6 +350,24 @@ impl<'h> Journal<'h> {
             op.started.retain(|i| !hit(i));
         }
         self.save("stopped")
+    }
+
+    /// Record an adopted release (a [`Change::Adopt`]) that nginx now serves through `upstream`, in one write.
+    /// Refused when anything is recorded for the app already: adoption starts a record, it never rewrites one.
+    pub fn adopt(&mut self, change: &Change, upstream: String) -> Result<()> {
+        if !matches!(change, Change::Adopt { .. }) {
+            bail!("Journal::adopt records a Change::Adopt only");
+        }
+        let s = &self.state;
+        if s.live.is_some() || s.canary.is_some() || s.rolling.is_some() || s.in_progress.is_some() {
+            bail!(
+                "state for {} already records a release; adoption is for an app cutover has no record of (see \
+                 `cutover status`)",
+                s.app
+            );
+        }
+        self.state.version = STATE_VERSION;
+        self.commit(change, Some(upstream))
     }
 
     /// The operation finished.

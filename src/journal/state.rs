@@ -167,6 +167,8 @@ pub enum OpKind {
     Stop,
     Restart,
     Apply,
+    /// `cutover init --adopt`: a release cutover did not start became the live one.
+    Adopt,
 }
 
 impl OpKind {
@@ -182,6 +184,7 @@ impl OpKind {
             OpKind::Stop => "stop",
             OpKind::Restart => "restart",
             OpKind::Apply => "apply",
+            OpKind::Adopt => "adopt",
         }
     }
 }

@@ -129,3 +129,30 @@ fn recovery_keeps_what_the_operator_keeps() {
     assert!(to_stop(&s).is_empty(), "{:?}", to_stop(&s));
     assert_eq!(s.backup, vec![inst("v0", 8080, 10)]);
 }
+
+#[test]
+fn adoption_records_the_running_release_and_its_idle_copy_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = crate::host::fake::FakeHost::new();
+    let store = Store::new(dir.path().join("shop"));
+    let mut j = Journal::open(store.clone(), "shop", &host).unwrap();
+    let live = dep("adopted-8081", vec![inst("adopted-8081", 8081, 41)]);
+    let idle = dep("adopted-8082", vec![inst("adopted-8082", 8082, 42)]);
+    let change = Change::Adopt { live: live.clone(), previous: Some(idle.clone()) };
+    let preview = j.preview(&change);
+    assert_eq!((preview.generation, preview.live.as_ref()), (1, Some(&live)));
+    j.adopt(&change, "upstream text\n".into()).unwrap();
+    let saved = store.load("shop").unwrap();
+    assert_eq!(saved.live, Some(live.clone()));
+    assert_eq!(saved.previous, Some(idle.clone()));
+    assert!(saved.backup.is_empty(), "the idle copy is not listed in the upstream");
+    assert_eq!((saved.generation, saved.upstream.as_deref()), (1, Some("upstream text\n")));
+    assert!(saved.in_progress.is_none());
+    // The idle copy is a previous release kept running: the next flip stops it unless keep_previous.
+    assert!(saved.keeps(&idle.instances[0]));
+    // A second adoption over a record is refused and changes nothing.
+    let e = j.adopt(&change, "other\n".into()).unwrap_err();
+    assert!(format!("{e}").contains("already records a release"), "{e}");
+    assert_eq!(store.load("shop").unwrap(), saved);
+    assert!(j.adopt(&Change::Rerender, "x".into()).is_err());
+}
