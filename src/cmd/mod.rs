@@ -7,10 +7,14 @@ mod check;
 mod deploy;
 mod history;
 mod init;
+mod logs;
 mod recover;
 mod render;
+mod restart;
 mod rollback;
 mod status;
+mod stop;
+mod up;
 
 use std::path::Path;
 use std::time::Duration;
@@ -91,6 +95,7 @@ fn dispatch(cli: Cli, path: &Path) -> Result<Code> {
     let insecure = cli.insecure_config;
     let load = || Setup::load(path, insecure);
     match cli.command {
+        Command::Init(args) if args.boot => init::boot(&Setup::load(path, insecure)?),
         Command::Init(args) => init::run(path, args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cutover", &mut std::io::stdout());
@@ -106,6 +111,14 @@ fn dispatch(cli: Cli, path: &Path) -> Result<Code> {
         Command::Abort(args) => canary::abort(&load()?, args, json),
         Command::Canary(args) => canary::run(&load()?, args, json),
         Command::Recover(args) => recover::run(&load()?, args, json),
+        Command::Up(args) => up::run(&load()?, args, json),
+        Command::Stop(args) => stop::run(&load()?, args, json),
+        Command::Restart(args) => restart::run(&load()?, args, json),
+        Command::Logs(args) => logs::run(&load()?, args, json),
+        Command::LogWriter(args) => {
+            crate::host::logfile::run_writer(&args.file, args.max_size, args.keep)?;
+            Ok(Code::Ok)
+        }
     }
 }
 
@@ -122,6 +135,11 @@ fn command_name(c: &Command) -> &'static str {
         Command::Render(_) => "render",
         Command::History(_) => "history",
         Command::Recover(_) => "recover",
+        Command::Up(_) => "up",
+        Command::Stop(_) => "stop",
+        Command::Restart(_) => "restart",
+        Command::Logs(_) => "logs",
+        Command::LogWriter(_) => "__log-writer",
         Command::Completions { .. } => "completions",
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{proc, spawn::Spawn, Host, Nginx, Probe, Runtime};
+use super::{proc, select::Runtimes, Host, Nginx, Probe, Runtime};
 use crate::config::{Config, Health};
 use crate::nginx::RealNginx;
 
@@ -15,7 +15,7 @@ pub struct RealHost {
 
 impl RealHost {
     pub fn new(config: &Config) -> RealHost {
-        RealHost { runtime: Box::new(Spawn::new(config)), nginx: RealNginx::new(&config.nginx) }
+        RealHost { runtime: Box::new(Runtimes::new(config)), nginx: RealNginx::new(&config.nginx) }
     }
 
     pub fn real_nginx(&self) -> &RealNginx {

@@ -186,6 +186,7 @@ state_dir = "state"
 verify = "{verify}"
 
 [runtime]
+kind = "spawn"
 log_dir = "logs"
 {extra}"#,
             fixture = FIXTURE,
