@@ -2,14 +2,14 @@
 //!
 //! `up` is what runs at boot (or after a crash): every instance state says serves (live, canary, rolling) that
 //! does not run is started again on its own port (on another idle pool port when something else took it),
-//! health-checked, and swapped in with [`Change::Replace`]; the upstream is rendered and nginx reloaded only when
-//! the file changes (a port moved, the app was offline, the file on disk is not what state says). Instances
+//! health-checked, and swapped in with [`Change::Replace`]; the upstream is rendered and nginx reloaded (also
+//! when the ports stayed the same: nginx remembers the dead servers as failed for `fail_timeout`, 10 s by
+//! default, and answers 502 for all of them meanwhile; new workers start with a clean slate). Instances
 //! state keeps idle (a previous release, backups) that died are recorded as stopped: `rollback` starts them
 //! again when it needs them. When everything already runs and the file is right, nothing happens at all: no
 //! operation, no reload, no history event.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -123,8 +123,8 @@ fn revive(eng: &mut Engine, need: &Needed, out: &mut Revived) -> Result<()> {
             }
         }
     }
-    let t = Instant::now();
-    let applied = match eng.apply(Change::Replace { old: need.dead.clone(), new: started.clone() }) {
+    let change = Change::Replace { old: need.dead.clone(), new: started.clone() };
+    let applied = match eng.apply(change) {
         Ok(a) => a,
         Err(e) => {
             if !crate::engine::flip::is_unsettled(&e) {
@@ -133,9 +133,8 @@ fn revive(eng: &mut Engine, need: &Needed, out: &mut Revived) -> Result<()> {
             return Err(e);
         }
     };
-    if !applied.reloaded {
-        eng.progress.step("upstream", t.elapsed(), "unchanged: nginx already routes to these ports");
-    }
+    // Requests the old workers still hold would meet the servers they remember as failed.
+    eng.drain(&applied, "drain", "");
     out.reloaded = applied.reloaded;
     out.dead = need.dead.clone();
     out.started = started;
