@@ -318,3 +318,30 @@ fn the_app_runs_as_its_user_with_a_clean_environment() {
     assert!(vars.contains(&format!("PORT={port}").as_str()), "{vars:?}");
     assert_eq!(env.serving(), "v1");
 }
+
+#[test]
+fn stop_disables_the_units_and_up_brings_them_back() {
+    let (env, sb) = systemd_env(Opts::default());
+    env.ok(&["deploy", "--release", "v1"]);
+    let port = live_ports(&env)[0];
+    env.ok(&["stop"]);
+    assert_ne!(sb.show(&unit(port), "ActiveState"), "active");
+    assert!(enabled(&env).is_empty(), "an offline app does not come back at boot");
+    assert!(dropins(&env).is_empty());
+    let (status, _) = env.get("/").unwrap();
+    assert_eq!(status, 502);
+    let out = env.ok(&["up"]);
+    assert!(out.contains("started:"), "{out}");
+    let port = live_ports(&env)[0];
+    assert_eq!(sb.show(&unit(port), "ActiveState"), "active");
+    assert_eq!(enabled(&env), vec![port]);
+    assert_eq!(env.serving(), "v1");
+    let before = sb.show(&unit(port), "MainPID");
+    env.ok(&["restart"]);
+    let now = live_ports(&env)[0];
+    assert_ne!(now, port, "restart runs fresh units beside the old ones, then flips");
+    assert_eq!(enabled(&env), vec![now]);
+    assert_eq!(dropins(&env), vec![now]);
+    assert_ne!(sb.show(&unit(now), "MainPID"), before);
+    assert_eq!(env.serving(), "v1");
+}

@@ -314,6 +314,10 @@ impl Runtime for FakeHost {
                 p.alive = false;
             }
         }
+        // Like systemd's: a stopped instance is disabled too.
+        if let Some(m) = &inst.marker {
+            w.at_boot.retain(|x| x != m);
+        }
         Stopped { how: StopHow::Terminated, strays: Vec::new(), survivors: Vec::new() }
     }
 
