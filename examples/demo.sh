@@ -188,6 +188,10 @@ drain_timeout = "10s"
 keep_previous = true
 state_dir = "$TMP/state"
 
+[runtime]
+kind = "spawn"                     # the demo's apps are its own processes, whatever this host's init is
+log_dir = "$TMP/logs"
+
 [canary]
 steps = [10, 50, 100]
 interval = "2s"
