@@ -314,3 +314,30 @@ fn check_says_which_runtime_and_why() {
     };
     assert_eq!(runtime["detail"], want);
 }
+
+#[test]
+fn init_boot_writes_and_enables_the_up_unit() {
+    let env = Env::new();
+    let units = env.path().join("units");
+    let cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("kind = \"spawn\"\n", &format!("kind = \"spawn\"\nunit_dir = {:?}\n", units.display().to_string()));
+    env.write_config(&cfg);
+    let out = env.ok(&["init", "--boot"]);
+    assert!(out.contains("cutover-shop-up.service"), "{out}");
+    let text = std::fs::read_to_string(units.join("cutover-shop-up.service")).unwrap();
+    let exe = env!("CARGO_BIN_EXE_cutover");
+    assert!(text.contains(&format!("ExecStart=\"{exe}\" -c \"{}\" up\n", env.config.display())), "{text}");
+    for line in [
+        "Type=oneshot\n",
+        "RemainAfterExit=yes\n",
+        "KillMode=process\n",
+        "After=network-online.target nginx.service\n",
+        "WantedBy=multi-user.target\n",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+    let link = std::fs::read_link(units.join("multi-user.target.wants/cutover-shop-up.service")).unwrap();
+    assert_eq!(link, units.join("cutover-shop-up.service"));
+    env.ok(&["init", "--boot"]);
+}

@@ -22,6 +22,7 @@ start)
   unit_dir=${1:?usage: systemd-sandbox start UNIT_DIR}
   mkdir -p "$unit_dir"; unit_dir=$(cd "$unit_dir" && pwd)
   [ -x /lib/systemd/systemd ] || { echo "systemd-sandbox: /lib/systemd/systemd missing (apt-get install systemd)" >&2; exit 1; }
+# shellcheck disable=SC2016  # the script runs inside the namespace: expanded there, not here
   CG="cutover-sandbox.$$.$RANDOM" SYSTEMD_UNIT_PATH="$unit_dir:" unshare --pid --fork --mount --mount-proc --propagation private bash -c '
     mount -t tmpfs -o mode=755 tmpfs /run || exit 1
     mkdir -p /run/systemd/system /run/lock
