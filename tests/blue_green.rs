@@ -492,6 +492,9 @@ fn check_reports_each_item_with_a_fix() {
         "state dir",
         "ports",
         "time budget",
+        "runtime",
+        "app account",
+        "disk",
     ] {
         assert!(out.contains(&format!("ok   {item:<18} ")), "{item}: {out}");
     }
@@ -518,8 +521,9 @@ fn check_reports_each_item_with_a_fix() {
     assert_eq!(code, 8);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["ready"], false);
-    // Ten items, and two trust items: the config and the upstream file.
-    assert_eq!(j["items"].as_array().unwrap().len(), 12);
+    // Ten items, two trust items (the config and the upstream file), and the runtime's four: which runtime, the
+    // app's account, free space for state and for logs.
+    assert_eq!(j["items"].as_array().unwrap().len(), 16);
     drop(holder);
 }
 

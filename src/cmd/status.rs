@@ -227,7 +227,10 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
                     .instances
                     .iter()
                     .filter(|i| i.alive)
-                    .map(|i| format!("{} (pid {})", i.address, i.pid.unwrap_or(0)))
+                    .map(|i| match (&i.unit, i.pid) {
+                        (Some(u), _) => format!("{} ({u})", i.address),
+                        (None, p) => format!("{} (pid {})", i.address, p.unwrap_or(0)),
+                    })
                     .collect();
                 if running.is_empty() {
                     say!("previous:  {} (stopped)", p.release);
