@@ -341,3 +341,49 @@ fn init_boot_writes_and_enables_the_up_unit() {
     assert_eq!(link, units.join("cutover-shop-up.service"));
     env.ok(&["init", "--boot"]);
 }
+
+#[test]
+fn a_full_log_filesystem_costs_output_not_requests() {
+    let env = Env::new();
+    let logs = env.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // The deploy, and so the app and its log writer, run in a mount namespace where log_dir is a 64 KiB tmpfs.
+    let script = format!(
+        "mount -t tmpfs -o size=64k,mode=0700 tmpfs '{}' && exec '{}' -c '{}' deploy --release v1",
+        logs.display(),
+        env!("CARGO_BIN_EXE_cutover"),
+        env.config.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) is needed for this test; run .ci/test, which installs it");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = live_pids(&env)[0];
+    let port = env.state()["live"]["instances"][0]["port"].as_u64().unwrap();
+    // The app's view of its log file, through its own mount namespace.
+    let log = format!("/proc/{pid}/root{}/v1-{port}.log", logs.display());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, tally) = load(env.nginx_port, 4, 4000, stop.clone());
+    for h in handles {
+        h.join().unwrap();
+    }
+    let t = tally.lock().unwrap();
+    println!(
+        "full log filesystem: {} requests, {} non-2xx, {} connection errors; log file {} bytes",
+        t.requests,
+        t.non_2xx.len(),
+        t.errors.len(),
+        std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0)
+    );
+    assert!(t.requests >= 4000);
+    assert!(t.non_2xx.is_empty() && t.errors.is_empty(), "{:?} {:?}", &t.non_2xx[..t.non_2xx.len().min(5)], t.errors);
+    drop(t);
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size <= 64 * 1024, "the log stops at the filesystem's size: {size}");
+    assert!(size > 32 * 1024, "the filesystem did fill up: {size}");
+    assert!(pid_alive(pid), "the app neither died nor blocked");
+    let (code, out, err) = env.run(&["status", "--check"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    drop(stop);
+}

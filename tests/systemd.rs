@@ -345,3 +345,24 @@ fn stop_disables_the_units_and_up_brings_them_back() {
     assert_ne!(sb.show(&unit(now), "MainPID"), before);
     assert_eq!(env.serving(), "v1");
 }
+
+#[test]
+fn a_killed_deploy_leaves_no_unit_behind_after_recover() {
+    let (env, sb) = systemd_env(Opts::default());
+    env.ok(&["deploy", "--release", "v1"]);
+    let v1 = live_ports(&env)[0];
+    env.flags("v2", "--start-delay 30");
+    let mut child = env.cutover().args(["deploy", "--release", "v2"]).stderr(Stdio::null()).spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(15), || env.state()["in_progress"]["started"][0]["unit"].is_string()));
+    let leftover = env.state()["in_progress"]["started"][0]["port"].as_u64().unwrap() as u16;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(sb.show(&unit(leftover), "ActiveState"), "active", "the unit outlives cutover");
+    let (code, out, err) = env.run(&["recover"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("recovered"), "{out}");
+    assert_ne!(sb.show(&unit(leftover), "ActiveState"), "active", "recover stopped the killed run's unit");
+    assert_eq!(dropins(&env), vec![v1], "and removed its drop-in");
+    assert_eq!(enabled(&env), vec![v1]);
+    assert_eq!(env.serving(), "v1");
+}
