@@ -455,10 +455,9 @@ fn a_killed_deploy_is_cleaned_up_by_the_next_run() {
     env.flags("v2", "--start-delay 30");
     let mut child =
         env.cutover().args(["deploy", "--release", "v2"]).stderr(std::process::Stdio::null()).spawn().unwrap();
-    // Wait until the new instance is recorded, then kill cutover the hard way.
-    assert!(wait_until(Duration::from_secs(10), || env.state()["in_progress"]["started"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty())));
+    // Wait until the new instance is recorded with its pid (its start is recorded as intended first), then kill
+    // cutover the hard way.
+    assert!(wait_until(Duration::from_secs(10), || env.state()["in_progress"]["started"][0]["pid"].is_i64()));
     let leftover = env.state()["in_progress"]["started"][0]["pid"].as_i64().unwrap() as i32;
     child.kill().unwrap();
     child.wait().unwrap();
