@@ -1,5 +1,7 @@
 //! Loading and validating `cutover.toml`.
 use super::*;
+use crate::exit;
+use std::path::Path;
 
 const MINIMAL: &str = r#"
 [app]
@@ -100,4 +102,21 @@ fn release_names_are_inert() {
     for bad in ["", "-x", "v1;rm", "v1 x", "a/b", "$(id)", "v1\n"] {
         assert!(bad.parse::<Release>().is_err(), "{bad:?}");
     }
+}
+
+#[test]
+fn the_release_directory_comes_from_release_dir_or_the_start_command() {
+    let c = parse(&MINIMAL.replace(
+        "start = \"python3 app.py --port {{port}}\"",
+        "start = \"exec java -jar /srv/shop/releases/{{release}}/shop.jar --port={{port}}\"",
+    ))
+    .unwrap();
+    assert_eq!(c.release_dir("v42"), Some(PathBuf::from("/srv/shop/releases/v42")));
+    // A file named after the release is not a release directory.
+    let c = parse(&MINIMAL.replace("--port {{port}}", "--port {{port}} $(cat /etc/flags/{{release}})")).unwrap();
+    assert_eq!(c.release_dir("v42"), None);
+    let c = parse(&MINIMAL.replace("[ports]", "release_dir = \"releases/{{release}}\"\n\n[ports]")).unwrap();
+    assert_eq!(c.release_dir("v1"), Some(PathBuf::from("/srv/releases/v1")));
+    let e = err(&MINIMAL.replace("[ports]", "release_dir = \"releases\"\n\n[ports]"));
+    assert!(e.contains("app.release_dir must contain {{release}}"), "{e}");
 }
