@@ -127,6 +127,15 @@ pub fn validate(c: &super::Config) -> Result<(), String> {
             return Err(format!("app.env sets {}, which cutover sets itself for each instance", k.0));
         }
     }
+    if let Some(w) = &c.app.workdir {
+        let text = w.display().to_string();
+        if text.contains("{{port}}") {
+            return Err(format!(
+                "app.workdir {text} holds {{{{port}}}}: a working directory may vary by release ({{{{release}}}}), \
+                 not by port (hooks run there too)"
+            ));
+        }
+    }
     if c.runtime.systemctl.first().is_none_or(|w| w.trim().is_empty()) {
         return Err("runtime.systemctl is empty: use [\"systemctl\"] or [\"sudo\", \"systemctl\"]".into());
     }

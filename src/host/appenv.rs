@@ -87,7 +87,7 @@ pub fn prepare(cfg: &Config, spec: &StartSpec) -> Result<Launch> {
     let app = &cfg.app;
     let account = account(cfg)?;
     let workdir = match &app.workdir {
-        Some(w) => PathBuf::from(start_command(&w.display().to_string(), &spec.release, spec.port)),
+        Some(w) => PathBuf::from(w.display().to_string().replace("{{release}}", &spec.release)),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
     };
     let mut env: Vec<(String, String)> = Vec::new();
