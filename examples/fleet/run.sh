@@ -148,9 +148,10 @@ cleanup() {
         ip link show "$link" >/dev/null 2>&1 && ip link del "$link" 2>/dev/null
     done
     if [ "${KEEP:-0}" = 1 ]; then
-        log "kept $TMP (KEEP=1); namespaces, links and processes removed"
+        log "cleaned up: stopped this run's processes, deleted its namespaces and links; kept $TMP (KEEP=1)"
     else
         rm -rf "$TMP"
+        log "cleaned up: stopped this run's processes, deleted its namespaces and links, removed $TMP"
     fi
     exit "$rc"
 }
