@@ -56,8 +56,8 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "needs root: each simulated host is a network namespace, and only root can create one (run it with sudo)"
 
 # --- What it needs ---------------------------------------------------------------------------------------------------
-bash .ci/install-missing nginx python3 curl ip:iproute2 sshd:openssh-server ssh:openssh-client \
-    ssh-keygen:openssh-client py:ensurepip:python3-venv
+bash .ci/install-missing nginx python3 curl ip=iproute2 sshd=openssh-server ssh=openssh-client \
+    ssh-keygen=openssh-client py:ensurepip=python3-venv
 SSHD=$(command -v sshd)
 
 # ansible-core from PyPI, once, into a venv of its own (the marker file says which requirement it holds).
