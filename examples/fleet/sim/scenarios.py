@@ -22,6 +22,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -519,10 +520,18 @@ class Runner:
             lambda: self.fleet_deploy("2", "v2", "v2 across the fleet, serial 1 / 50% / 100%")[0],
             lambda: self.failing_host("v2", "v3"),
             lambda: self.canary("v4"),
-            lambda: self.fleet_deploy("5a", "v5", "v5 with each host deregistered from the front during its deploy",
-                                      extra={"lb_deregister": "true"}, dereg=True)[0],
-            lambda: self.fleet_deploy("5b", "v6", "v6 without deregistration (the same rollout as 5a)")[0],
         ]
+        # 5: the same rollout with and without deregistration, alternating; the full run repeats the pair so the
+        # wall-time difference is not one noisy sample per host
+        for n in range(1 if self.small else 3):
+            suffix = "" if self.small else ".%d" % (n + 1)
+            dereg, plain = "v%d" % (5 + 2 * n), "v%d" % (6 + 2 * n)
+            plan.append(lambda s=suffix, r=dereg: self.fleet_deploy(
+                "5a" + s, r, "%s with each host deregistered from the front during its deploy" % r,
+                extra={"lb_deregister": "true"}, dereg=True)[0])
+            plan.append(lambda s=suffix, r=plain: self.fleet_deploy(
+                "5b" + s, r, "%s without deregistration (the same rollout)" % r)[0])
+        self.expected = len(plan)
         for step in plan:
             if STOPPING.is_set():
                 break
@@ -532,6 +541,20 @@ class Runner:
             if not self.scenarios[0].ok:
                 break  # nothing else means anything without a first deploy
         return self.scenarios
+
+    def deregistration_cost(self):
+        """Median per-host wall time with and without deregistration, over every 5a/5b host."""
+        walls = {"5a": [], "5b": []}
+        for sc in self.scenarios:
+            kind = sc.sid[:2]
+            if kind in walls:
+                for hosts in sc.hosts.values():
+                    walls[kind] += [h["wall_s"] for h in hosts.values() if h.get("wall_s") is not None]
+        if not walls["5a"] or not walls["5b"]:
+            return None
+        a, b = statistics.median(walls["5a"]), statistics.median(walls["5b"])
+        return {"with_s": a, "without_s": b, "cost_s": round(a - b, 2), "hosts_with": len(walls["5a"]),
+                "hosts_without": len(walls["5b"])}
 
 
 # --- Report -----------------------------------------------------------------------------------------------------
@@ -615,8 +638,9 @@ def main():
 
     t0 = time.time()
     scenarios = runner.run()
-    expected = 6
+    expected = runner.expected
     ok = len(scenarios) == expected and all(sc.ok for sc in scenarios)
+    cost = runner.deregistration_cost()
     result = {
         "ok": ok,
         "small": env["small"],
@@ -627,9 +651,17 @@ def main():
         "load": {"rate_per_mode": runner.rate, "threads_per_mode": runner.threads, "cap_per_mode": runner.cap},
         "versions": versions(env),
         "scenarios": [sc.as_json() for sc in scenarios],
+        "deregistration": cost,
     }
     tbl = table(scenarios)
     notes = [n for sc in scenarios for n in sc.notes]
+    if cost:
+        notes.append(
+            "deregistration cost: median per-host wall %.2f s with it, %.2f s without (%+.2f s per host; %d and %d "
+            "host deploys)" % (cost["with_s"], cost["without_s"], cost["cost_s"], cost["hosts_with"],
+                               cost["hosts_without"]))
+    retried = sum(s["retried_on_another_host"] for sc in scenarios for t in sc.load.values() for s in t.values())
+    notes.append("requests the front retried on another host: %d in all scenarios" % retried)
     print()
     print(tbl)
     print()
