@@ -95,7 +95,7 @@ fn a_fleet_rolled_by_ansible_loses_no_request() {
     let result = run_small_fleet(dir.path());
 
     let ids: Vec<&str> = result["scenarios"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["1", "2", "3", "4", "5a", "5b"], "scenarios run");
+    assert_eq!(ids, ["1", "2", "3", "3b", "4", "5a", "5b"], "scenarios run");
     for s in result["scenarios"].as_array().unwrap() {
         let failed: Vec<&Value> = s["checks"].as_array().unwrap().iter().filter(|c| c["ok"] != true).collect();
         assert!(failed.is_empty(), "scenario {} ({}) failed checks: {failed:#?}", s["id"], s["title"]);
@@ -121,20 +121,29 @@ fn a_fleet_rolled_by_ansible_loses_no_request() {
     let end = s3["checks"].as_array().unwrap().iter().find(|c| c["name"] == "every host ends on v2 (cutover status)");
     assert_eq!(end.map(|c| &c["ok"]), Some(&Value::Bool(true)), "the fleet ends on v2: {:#?}", s3["checks"]);
 
+    // 3b: v4 deploys on web2, then turns unhealthy: its gate fails (or cutover catches it after the switch),
+    // web1 and web2 end on v2, web3 untouched
+    let s3b = scenario(&result, "3b");
+    assert_eq!(s3b["playbook"]["v4"]["rc"], 2);
+    assert_no_loss(s3b, "v4", false);
+    assert!(s3b["hosts"]["v4"]["web3"]["deploy_rc"].is_null(), "web3 must not be deployed: {}", s3b["hosts"]["v4"]);
+    let end = s3b["checks"].as_array().unwrap().iter().find(|c| c["name"] == "every host ends on v2 (cutover status)");
+    assert_eq!(end.map(|c| &c["ok"]), Some(&Value::Bool(true)), "the fleet ends on v2: {:#?}", s3b["checks"]);
+
     // 4: web1 as a canary (with analysis), the others blue/green
     let s4 = scenario(&result, "4");
-    assert_no_loss(s4, "v4", false);
-    let strategies: Vec<&Value> = ["web1", "web2", "web3"].iter().map(|h| &s4["hosts"]["v4"][h]["strategy"]).collect();
+    assert_no_loss(s4, "v5", false);
+    let strategies: Vec<&Value> = ["web1", "web2", "web3"].iter().map(|h| &s4["hosts"]["v5"][h]["strategy"]).collect();
     assert_eq!(strategies, ["canary", "blue-green", "blue-green"]);
 
     // 5: deregistering each host from the front is not needed: the same zero either way
     let s5a = scenario(&result, "5a");
     let s5b = scenario(&result, "5b");
-    assert_no_loss(s5a, "v5", true);
-    assert_no_loss(s5b, "v6", false);
+    assert_no_loss(s5a, "v6", true);
+    assert_no_loss(s5b, "v7", false);
     for h in ["web1", "web2", "web3"] {
-        assert!(s5a["hosts"]["v5"][h]["deregister_s"].is_number(), "{h} was deregistered in 5a");
-        assert!(s5b["hosts"]["v6"][h]["deregister_s"].is_null(), "{h} stayed registered in 5b");
+        assert!(s5a["hosts"]["v6"][h]["deregister_s"].is_number(), "{h} was deregistered in 5a");
+        assert!(s5b["hosts"]["v7"][h]["deregister_s"].is_null(), "{h} stayed registered in 5b");
     }
 
     // Nothing left behind: namespaces, bridge, temp dir.

@@ -3,7 +3,9 @@
 #   host-files.sh HOST_DIR NAME IP FIXTURE SMALL
 # The host's nginx listens on IP:80 in the host's network namespace and proxies to cutover's upstream; the
 # fixture app binds 127.0.0.1 there, so every host uses the same app ports, as real hosts would. A release
-# starts with the flags in HOST_DIR/flags/<release> when that file exists (e.g. --fail-health on one host).
+# starts with the flags in HOST_DIR/flags/<release> when that file exists (e.g. --fail-health on one host), and
+# a release whose HOST_DIR/flags/<release>.break-after-switch exists turns unhealthy once it has taken the traffic
+# (the after_switch hook creates the file its --fail-health-when watches): a release that breaks after its deploy.
 set -euo pipefail
 H=$1 NAME=$2 IP=$3 FIXTURE=$4 SMALL=$5
 
@@ -68,4 +70,7 @@ interval = "2s"
 max_error_rate = 0.01
 min_requests = $min_requests
 access_log = "$H/nginx/logs/shop.cutover.log"
+
+[hooks]
+after_switch = "if [ -e $H/flags/\$CUTOVER_RELEASE.break-after-switch ]; then touch $H/flags/\$CUTOVER_RELEASE.unhealthy; fi"
 TOML

@@ -8,8 +8,10 @@ and runs examples/fleet/deploy.yml with ansible-playbook against the simulated h
   1  first deploy of v1 on every host (no traffic yet: nothing was serving)
   2  v2 across the fleet: serial 1, 50 %, 100 %, gate `cutover status --check` per host
   3  v3 fails its health check on web2: the rollout stops, web1 is rolled back, web3 never touched
-  4  v4 as a canary on web1 (cutover --strategy canary with access-log analysis), blue/green on the rest
-  5  v5 with each host deregistered from the front during its deploy, then v6 without, side by side
+  3b v4 deploys on web2, then turns unhealthy: the gate fails, web2 and web1 are rolled back, web3 never touched
+  4  v5 as a canary on web1 (cutover --strategy canary with access-log analysis), blue/green on the rest
+  5  v6 with each host deregistered from the front during its deploy, then v7 without, side by side (the full
+     run repeats the pair three times)
 
 It checks what each scenario must show, prints one table, and writes the result as JSON (--json PATH) and,
 with --results DIR, DIR/latest.json and DIR/latest.md. Exit 0 when every check held, 1 otherwise.
@@ -454,40 +456,63 @@ class Runner:
         return sc, records
 
     # 3
-    def failing_host(self, old, release):
-        sc = Scenario("3", "%s fails its health check on web2" % release)
-        with open(os.path.join(self.fleet.host("web2")["dir"], "flags", release), "w") as f:
-            f.write("--fail-health\n")
+    def failing_host(self, sid, old, release, breaks_after_switch=False):
+        """web2 fails: at its health check (cutover exit 3, web2 untouched), or after its deploy at the gate
+        (the release turns unhealthy once it has the traffic: status --check exits 7, web2 rolled back too)."""
+        flags = os.path.join(self.fleet.host("web2")["dir"], "flags")
+        if breaks_after_switch:
+            title = "%s breaks on web2 after its deploy: the gate fails" % release
+            with open(os.path.join(flags, release), "w") as f:
+                f.write("--fail-health-when %s\n" % os.path.join(flags, release + ".unhealthy"))
+            open(os.path.join(flags, release + ".break-after-switch"), "w").close()
+        else:
+            title = "%s fails its health check on web2" % release
+            with open(os.path.join(flags, release), "w") as f:
+                f.write("--fail-health\n")
+        sc = Scenario(sid, title)
         rc, records = self.deploy(sc, release, {"release": release})
         sc.check("playbook fails (exit 2)", rc == 2, str(rc))
         self.zero_loss(sc, release)
         dep = {r["host"]: r for r in task_results(records, "cutover deploy")}
         sc.check("web1 deployed %s" % release, dep.get("web1", {}).get("rc") == 0, str(dep.get("web1", {}).get("rc")))
-        sc.check(
-            "web2's deploy exited 3 (unhealthy, traffic untouched)",
-            dep.get("web2", {}).get("rc") == 3,
-            " / ".join((dep.get("web2", {}).get("stderr") or "").strip().splitlines()[-2:]),
-        )
+        web2_err = " / ".join((dep.get("web2", {}).get("stderr") or "").strip().splitlines()[-2:])
+        gate2 = task_results(records, "Gate", "web2")
+        self_rb = [r for r in task_results(records, "Roll back this host", "web2") if r["status"] == "ok"]
+        if breaks_after_switch:
+            # cutover may catch it itself after the switch (a deploy that verifies the new release exits 3);
+            # otherwise the gate must, and the rescue rolls web2 back
+            caught = dep.get("web2", {}).get("rc")
+            if caught == 0:
+                sc.check("web2's gate failed (status --check exit 7)",
+                         bool(gate2) and gate2[0].get("rc") == 7, json.dumps([g.get("rc") for g in gate2]))
+                sc.check("the rescue rolled web2 itself back", len(self_rb) == 1, str(len(self_rb)))
+            else:
+                sc.check("web2's deploy caught it after the switch (exit 3)", caught == 3, web2_err)
+        else:
+            sc.check("web2's deploy exited 3 (unhealthy, traffic untouched)",
+                     dep.get("web2", {}).get("rc") == 3, web2_err)
+            sc.check("web2 needed no rollback", not self_rb, str(len(self_rb)))
         sc.check("web3 was never deployed", "web3" not in dep, str(sorted(dep)))
         rolled = []
         for r in task_results(records, "Roll back the hosts"):
             for item in r.get("items", []):
                 if item.get("rc") == 0:
                     rolled.append(item.get("item"))
-        sc.check("the rescue rolled back web1 (only)", rolled == ["web1"], str(rolled))
+        sc.check("the rescue rolled back web1 (the host done before)", rolled == ["web1"], str(rolled))
         hist = self.fleet.history("web1") or []
-        events = hist if isinstance(hist, list) else hist.get("events", [])
-        last = events[-1] if events else {}
+        last = hist[-1] if hist else {}
         sc.check(
             "web1's history ends with a rollback to %s" % old,
             last.get("kind") == "rollback" and last.get("release") == old and last.get("outcome") == "ok",
             json.dumps({k: last.get(k) for k in ("kind", "release", "from", "outcome")}),
         )
         got = sc.load[release]["close"]["releases"]
-        sc.check("%s served requests on web1 before the rollback" % release, got.get(release, 0) > 0, str(got))
+        sc.check("%s served requests before the rollback" % release, got.get(release, 0) > 0, str(got))
         self.all_live(sc, old)
         sc.hosts[release]["web3"] = {"wall_s": None, "note": "not touched"}
-        os.unlink(os.path.join(self.fleet.host("web2")["dir"], "flags", release))
+        for name in (release, release + ".unhealthy", release + ".break-after-switch"):
+            if os.path.exists(os.path.join(flags, name)):
+                os.unlink(os.path.join(flags, name))
         return sc
 
     # 4
@@ -518,14 +543,15 @@ class Runner:
         plan = [
             lambda: self.bootstrap(),
             lambda: self.fleet_deploy("2", "v2", "v2 across the fleet, serial 1 / 50% / 100%")[0],
-            lambda: self.failing_host("v2", "v3"),
-            lambda: self.canary("v4"),
+            lambda: self.failing_host("3", "v2", "v3"),
+            lambda: self.failing_host("3b", "v2", "v4", breaks_after_switch=True),
+            lambda: self.canary("v5"),
         ]
         # 5: the same rollout with and without deregistration, alternating; the full run repeats the pair so the
         # wall-time difference is not one noisy sample per host
         for n in range(1 if self.small else 3):
             suffix = "" if self.small else ".%d" % (n + 1)
-            dereg, plain = "v%d" % (5 + 2 * n), "v%d" % (6 + 2 * n)
+            dereg, plain = "v%d" % (6 + 2 * n), "v%d" % (7 + 2 * n)
             plan.append(lambda s=suffix, r=dereg: self.fleet_deploy(
                 "5a" + s, r, "%s with each host deregistered from the front during its deploy" % r,
                 extra={"lb_deregister": "true"}, dereg=True)[0])
