@@ -663,7 +663,9 @@ def main():
     signal.signal(signal.SIGINT, on_term)
 
     t0 = time.time()
+    load_before = os.getloadavg()
     scenarios = runner.run()
+    load_after = os.getloadavg()
     expected = runner.expected
     ok = len(scenarios) == expected and all(sc.ok for sc in scenarios)
     cost = runner.deregistration_cost()
@@ -676,6 +678,8 @@ def main():
         "duration_s": round(time.time() - t0, 1),
         "load": {"rate_per_mode": runner.rate, "threads_per_mode": runner.threads, "cap_per_mode": runner.cap},
         "versions": versions(env),
+        # the machine's 1-minute load average before and after: the wall times mean little without it
+        "loadavg_1m": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
         "scenarios": [sc.as_json() for sc in scenarios],
         "deregistration": cost,
     }
@@ -709,8 +713,9 @@ def main():
             f.write(text + "\n")
         with open(os.path.join(args.results, "latest.md"), "w") as f:
             v = result["versions"]
-            f.write("# Fleet run, %s\n\n%s; %s; %s; %s CPUs; kernel %s\n\n%s\n\n" % (
-                result["date"], v["cutover"], v["nginx"], v["ansible"], v["cpus"], v["kernel"], tbl))
+            f.write("# Fleet run, %s\n\n%s; %s; %s; %s CPUs; kernel %s; load average %.1f before, %.1f after\n\n%s\n\n" % (
+                result["date"], v["cutover"], v["nginx"], v["ansible"], v["cpus"], v["kernel"],
+                load_before[0], load_after[0], tbl))
             for n in notes:
                 f.write("- %s\n" % n)
     sys.exit(0 if ok else 1)
