@@ -61,9 +61,14 @@ class Tally:
             if len(self.error_samples) < 5:
                 self.error_samples.append("%s: %r" % (kind, exc))
 
+    @staticmethod
+    def retry_sample(status, upstream, hosts_by_ip):
+        hops = [hosts_by_ip.get(u.strip().split(":")[0], u.strip()) for u in upstream.split(",")]
+        return "%s, answered %d by %s" % (" then ".join(hops), status, hops[-1])
+
     def summary(self, hosts_by_ip):
         non2xx = [a for a in self.answers if not 200 <= a[1] < 300]
-        releases, per_host, retried = {}, {}, 0
+        releases, per_host, retried = {}, {}, []
         for _, status, release, upstream in self.answers:
             if 200 <= status < 300:
                 releases[release] = releases.get(release, 0) + 1
@@ -72,7 +77,7 @@ class Tally:
                 per_host.setdefault(name, {})
                 per_host[name][release] = per_host[name].get(release, 0) + 1
             if "," in upstream:
-                retried += 1
+                retried.append(self.retry_sample(status, upstream, hosts_by_ip))
         return {
             "mode": self.mode,
             "requests": len(self.answers) + sum(self.errors.values()),
@@ -83,7 +88,8 @@ class Tally:
             "error_samples": list(self.error_samples),
             "releases": releases,
             "per_host": per_host,
-            "retried_on_another_host": retried,
+            "retried_on_another_host": len(retried),
+            "retried_samples": retried[:5],
         }
 
 
@@ -390,14 +396,21 @@ class Runner:
             load.start()
             time.sleep(1.0)  # traffic flows before the rollout starts
         log("%s: ansible-playbook deploy.yml %s" % (sc.sid, " ".join("-e %s=%s" % kv for kv in extra.items())))
+        front_log = os.path.join(self.fleet.env["front_dir"], "logs", "error.log")
+        offset = os.path.getsize(front_log) if os.path.exists(front_log) else 0
         rc, wall, records, out = self.fleet.playbook(tag, extra, timeout)
         if load:
             time.sleep(1.0)  # and after it ends
             load.stop()
             for mode, tally in load.tallies.items():
                 sc.load.setdefault(tag, {})[mode] = tally.summary(self.fleet.by_ip)
+        # what the front (the load balancer) logged meanwhile: a retry on another host says why here
+        with open(front_log, errors="replace") as f:
+            f.seek(offset)
+            lines = [ln.strip() for ln in f if ln.strip()]
+        sc.playbook.setdefault(tag, {})["front_error_log"] = {"lines": len(lines), "samples": lines[:5]}
         timings = host_timings(records, self.names)
-        sc.playbook[tag] = {"rc": rc, "wall_s": round(wall, 2), "extra_vars": extra, "log": out}
+        sc.playbook.setdefault(tag, {}).update({"rc": rc, "wall_s": round(wall, 2), "extra_vars": extra, "log": out})
         sc.hosts[tag] = timings
         log("%s: playbook exited %s in %.1f s" % (sc.sid, rc, wall))
         return rc, records
@@ -690,8 +703,15 @@ def main():
             "deregistration cost: median per-host wall %.2f s with it, %.2f s without (%+.2f s per host; %d and %d "
             "host deploys)" % (cost["with_s"], cost["without_s"], cost["cost_s"], cost["hosts_with"],
                                cost["hosts_without"]))
-    retried = sum(s["retried_on_another_host"] for sc in scenarios for t in sc.load.values() for s in t.values())
-    notes.append("requests the front retried on another host: %d in all scenarios" % retried)
+    retried = [(sc.sid, m, x) for sc in scenarios for t in sc.load.values() for m, s in t.items()
+               for x in s["retried_samples"]]
+    notes.append("requests the front retried on another host: %d in all scenarios%s" % (
+        sum(s["retried_on_another_host"] for sc in scenarios for t in sc.load.values() for s in t.values()),
+        "".join("; %s %s: %s" % r for r in retried[:6])))
+    front = [(sc.sid, ln) for sc in scenarios for p in sc.playbook.values()
+             for ln in p.get("front_error_log", {}).get("samples", [])]
+    if front:
+        notes.append("the front's error log: " + " | ".join("%s: %s" % f for f in front[:4]))
     print()
     print(tbl)
     print()
