@@ -387,6 +387,7 @@ class Runner:
         self.names = [h["name"] for h in env["hosts"]]
         # small: a few hundred requests per scenario; full: steady traffic for the whole rollout
         self.rate, self.threads, self.cap = (20, 2, 600) if small else (100, 4, 30000)
+        self.settle = 0.5 if small else 1.0  # seconds of traffic before and after each rollout
         self.scenarios = []
 
     def deploy(self, sc, tag, extra, with_load=True, timeout=240):
@@ -394,13 +395,13 @@ class Runner:
         if with_load:
             load = Load(self.fleet.env["front_port"], self.rate, self.threads, self.cap, timeout + 30)
             load.start()
-            time.sleep(1.0)  # traffic flows before the rollout starts
+            time.sleep(self.settle)  # traffic flows before the rollout starts
         log("%s: ansible-playbook deploy.yml %s" % (sc.sid, " ".join("-e %s=%s" % kv for kv in extra.items())))
         front_log = os.path.join(self.fleet.env["front_dir"], "logs", "error.log")
         offset = os.path.getsize(front_log) if os.path.exists(front_log) else 0
         rc, wall, records, out = self.fleet.playbook(tag, extra, timeout)
         if load:
-            time.sleep(1.0)  # and after it ends
+            time.sleep(self.settle)  # and after it ends
             load.stop()
             for mode, tally in load.tallies.items():
                 sc.load.setdefault(tag, {})[mode] = tally.summary(self.fleet.by_ip)
