@@ -187,6 +187,7 @@ conf = "conf/nginx.conf"
 drain_timeout = "10s"
 keep_previous = true
 state_dir = "$TMP/state"
+verify = "2s"
 
 [runtime]
 kind = "spawn"                     # the demo's apps are its own processes, whatever this host's init is

@@ -26,7 +26,7 @@ die() {
 }
 
 [ "$(id -u)" -eq 0 ] || die "run as root: the private systemd needs its own namespaces and mounts"
-bash "$REPO/.ci/install-missing" nginx python3 curl systemctl:systemd
+bash "$REPO/.ci/install-missing" nginx python3 curl systemctl=systemd
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs) and run this again"
 echo "building cutover (cargo build --release --locked) ..."
 cargo build --release --locked -q
