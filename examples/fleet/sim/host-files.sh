@@ -63,6 +63,10 @@ conf = "conf/nginx.conf"
 drain_timeout = "10s"
 keep_previous = true
 state_dir = "$H/state"
+verify = "2s"
+
+[runtime]
+log_dir = "$H/logs"
 
 [canary]
 steps = [20, 50, 100]
