@@ -63,6 +63,7 @@ conf = "conf/nginx.conf"
 drain_timeout = "10s"
 keep_previous = true
 state_dir = "$H/state"
+verify = "2s"
 
 [runtime]
 kind = "spawn"

@@ -385,8 +385,10 @@ class Runner:
         self.fleet = Fleet(env)
         self.small = small
         self.names = [h["name"] for h in env["hosts"]]
-        # small: a few hundred requests per scenario; full: steady traffic for the whole rollout
-        self.rate, self.threads, self.cap = (20, 2, 600) if small else (100, 4, 30000)
+        # Traffic runs at a fixed rate for the whole rollout, then stops; the cap only bounds a runaway. small: 20
+        # requests/s (a few hundred per scenario on a quiet machine; a loaded machine rolls out slower and sends
+        # more, never so few that the last host's new release goes unserved); full: 100 requests/s.
+        self.rate, self.threads, self.cap = (20, 2, 4000) if small else (100, 4, 30000)
         self.settle = 0.5 if small else 1.0  # seconds of traffic before and after each rollout
         self.scenarios = []
 
