@@ -117,7 +117,9 @@ fn several_instances_start_and_flip_together() {
 
 #[test]
 fn unhealthy_release_exits_3_and_leaves_everything_as_it_was() {
-    let env = Env::with(Opts { deadline: "1s", ..Opts::default() });
+    // A deadline far above what health.fail_after needs: the process is up and answers 503, so it fails after
+    // 10 wrong answers, however slowly the machine starts it.
+    let env = Env::with(Opts { deadline: "30s", ..Opts::default() });
     env.ok(&["deploy", "--release", "v1"]);
     let before = env.upstream();
     let state_before = env.state();
