@@ -23,6 +23,11 @@
 //! (`StartLimitBurst=20`, `StartLimitIntervalSec=60s`); past that the unit stays failed until `cutover up`
 //! (or a deploy) starts it again, so an app that cannot start does not spin the CPU and flood the journal.
 
+mod show;
+mod unit;
+
+pub use show::{journal_line, Shown};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,7 +35,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::appenv::{self, Launch, MARKER_VAR};
+use super::appenv::{self, MARKER_VAR};
 use super::{proc, Details, LogLine, LogQuery, Runtime, StartSpec, Status, StopHow, Stopped};
 use crate::config::Config;
 use crate::journal::{Instance, State};
@@ -43,67 +48,6 @@ const DROPIN: &str = "cutover.conf";
 
 pub struct Systemd {
     config: Config,
-}
-
-/// What `systemctl show` says about a unit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Shown {
-    pub load: String,
-    pub active: String,
-    pub sub: String,
-    pub main_pid: Option<i32>,
-    pub restarts: Option<u32>,
-    pub result: String,
-    /// `exit status 1`, `killed by SIGKILL`, or empty when it never exited.
-    pub last_exit: String,
-    pub environment: String,
-}
-
-impl Shown {
-    /// Parse `systemctl show -p ...` output (`Key=Value` lines).
-    pub fn parse(text: &str) -> Shown {
-        let mut s = Shown::default();
-        let (mut code, mut status) = (String::new(), String::new());
-        for line in text.lines() {
-            let Some((k, v)) = line.split_once('=') else { continue };
-            match k {
-                "LoadState" => s.load = v.into(),
-                "ActiveState" => s.active = v.into(),
-                "SubState" => s.sub = v.into(),
-                "MainPID" => s.main_pid = v.parse().ok().filter(|p| *p > 0),
-                "NRestarts" => s.restarts = v.parse().ok(),
-                "Result" => s.result = v.into(),
-                "ExecMainCode" => code = v.into(),
-                "ExecMainStatus" => status = v.into(),
-                "Environment" => s.environment = v.into(),
-                _ => {}
-            }
-        }
-        s.last_exit = match code.as_str() {
-            "1" => format!("exit status {status}"),
-            "2" | "3" => {
-                let sig = status
-                    .parse::<i32>()
-                    .ok()
-                    .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|| format!("signal {status}"));
-                format!("killed by {sig}")
-            }
-            _ => String::new(),
-        };
-        s
-    }
-
-    /// Whether the loaded unit runs the instance with this marker.
-    pub fn has_marker(&self, marker: &str) -> bool {
-        let entry = format!("{MARKER_VAR}={marker}");
-        self.environment.split_whitespace().any(|w| w.trim_matches('"') == entry)
-    }
-
-    fn state(&self) -> String {
-        format!("{} ({})", self.active, self.sub)
-    }
 }
 
 impl Systemd {
@@ -166,74 +110,6 @@ impl Systemd {
     /// before markers, is taken at its word).
     fn ours(inst: &Instance, shown: &Shown) -> bool {
         shown.load == "loaded" && inst.marker.as_ref().is_none_or(|m| shown.has_marker(m))
-    }
-
-    /// The template's text. Nothing in it comes from the config beyond the app's name.
-    pub fn template_text(&self) -> String {
-        let app = self.app();
-        format!(
-            "# {name}: how cutover runs an instance of {app} (runtime.kind = \"systemd\"). Written by cutover;\n\
-             # it is rewritten at the next deploy. Each instance's release, command, account and environment are\n\
-             # in cutover-{app}@PORT.service.d/{DROPIN} beside it.\n\
-             [Unit]\n\
-             Description=cutover app {app} on port %i\n\
-             After=network.target\n\
-             StartLimitIntervalSec=60s\n\
-             StartLimitBurst=20\n\
-             \n\
-             [Service]\n\
-             Type=simple\n\
-             Restart=on-failure\n\
-             RestartSec={RESTART_SEC}\n\
-             KillMode=mixed\n\
-             KillSignal=SIGTERM\n\
-             StandardInput=null\n\
-             StandardOutput=journal\n\
-             StandardError=journal\n\
-             SyslogIdentifier=cutover-{app}\n\
-             \n\
-             [Install]\n\
-             WantedBy=multi-user.target\n",
-            name = self.template_name()
-        )
-    }
-
-    /// The drop-in of one instance.
-    pub fn dropin_text(&self, spec: &StartSpec, l: &Launch) -> Result<String> {
-        let app = self.app();
-        let mut s = format!(
-            "# {app} {} on port {}, started by cutover at {}.\n[Unit]\nDescription=cutover {} {} on port {}\n\n\
-             [Service]\n",
-            spec.release,
-            spec.port,
-            util::now_rfc3339(),
-            escape_specifiers(app),
-            escape_specifiers(&spec.release),
-            spec.port
-        );
-        if let Some(u) = &l.account.user {
-            s.push_str(&format!("User={u}\n"));
-        }
-        if let Some(g) = &l.account.group {
-            s.push_str(&format!("Group={g}\n"));
-        }
-        s.push_str(&format!("WorkingDirectory={}\n", unit_path(&l.workdir)?));
-        for (k, v) in &l.env {
-            s.push_str(&format!("Environment={}\n", quote_assignment(k, v)?));
-        }
-        if let Some((path, _)) = &l.env_file {
-            s.push_str(&format!("EnvironmentFile={}\n", unit_path(path)?));
-        }
-        for (k, v) in &l.fixed {
-            s.push_str(&format!("Environment={}\n", quote_assignment(k, v)?));
-        }
-        s.push_str(&format!("TimeoutStopSec={}ms\n", self.config.app.stop_timeout.0.as_millis().max(1)));
-        s.push_str(&format!("ExecStart=/bin/sh -c {}\n", quote_exec(&l.command)?));
-        for (k, v) in [("CUTOVER_APP", app.to_string()), ("CUTOVER_RELEASE", spec.release.clone())] {
-            s.push_str(&format!("LogExtraFields={k}={}\n", escape_specifiers(&v)));
-        }
-        s.push_str(&format!("LogExtraFields=CUTOVER_PORT={}\n", spec.port));
-        Ok(s)
     }
 
     /// Write the template when it differs from what is on disk.
@@ -517,25 +393,6 @@ impl Runtime for Systemd {
     }
 }
 
-/// One journal entry from `journalctl -o json`.
-pub fn journal_line(json: &str) -> Option<LogLine> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let text = match &v["MESSAGE"] {
-        serde_json::Value::String(s) => s.clone(),
-        // journald stores a message that is not UTF-8 as an array of bytes.
-        serde_json::Value::Array(bytes) => {
-            let b: Vec<u8> = bytes.iter().filter_map(|x| x.as_u64().map(|n| n as u8)).collect();
-            String::from_utf8_lossy(&b).into_owned()
-        }
-        _ => return None,
-    };
-    Some(LogLine {
-        release: v["CUTOVER_RELEASE"].as_str().unwrap_or("?").to_string(),
-        port: v["CUTOVER_PORT"].as_str().and_then(|p| p.parse().ok()),
-        text,
-    })
-}
-
 /// Run an argv prefix with more arguments; stdout, or an error that says whether it could not run or failed.
 fn run(prefix: &[String], args: &[&str]) -> Result<String> {
     let out = Command::new(&prefix[0])
@@ -554,77 +411,4 @@ fn run(prefix: &[String], args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `%` starts a specifier in unit files; `%%` is a literal one.
-fn escape_specifiers(s: &str) -> String {
-    s.replace('%', "%%")
-}
-
-fn no_control(what: &str, s: &str) -> Result<()> {
-    if s.chars().any(|c| c.is_control()) {
-        bail!("{what} holds a newline or control character, which a systemd unit cannot carry: {s:?}");
-    }
-    Ok(())
-}
-
-/// `"KEY=VALUE"` for `Environment=`: quoted, `\` and `"` escaped, `%` doubled.
-fn quote_assignment(k: &str, v: &str) -> Result<String> {
-    no_control(&format!("the value of {k}"), v)?;
-    Ok(format!("\"{k}={}\"", escape_specifiers(&v.replace('\\', "\\\\").replace('"', "\\\""))))
-}
-
-/// One argument of `ExecStart=`: quoted, `\` and `"` escaped, `%` doubled, `$` doubled (systemd would expand
-/// `$NAME` itself; the shell must see it instead).
-fn quote_exec(s: &str) -> Result<String> {
-    no_control("app.start", s)?;
-    Ok(format!("\"{}\"", escape_specifiers(&s.replace('\\', "\\\\").replace('"', "\\\"").replace('$', "$$"))))
-}
-
-/// A path for `WorkingDirectory=` / `EnvironmentFile=`.
-fn unit_path(p: &Path) -> Result<String> {
-    let s = p.display().to_string();
-    no_control("a path", &s)?;
-    if !p.is_absolute() {
-        bail!("{s} is not an absolute path");
-    }
-    Ok(escape_specifiers(&s))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn show_output_parses_into_state_and_last_exit() {
-        let s = Shown::parse(
-            "LoadState=loaded\nActiveState=activating\nSubState=auto-restart\nMainPID=0\nNRestarts=2\n\
-             Result=signal\nExecMainCode=2\nExecMainStatus=9\n\
-             Environment=PATH=/bin \"A=b c\" CUTOVER_INSTANCE=shop@8081#1-2\n",
-        );
-        assert_eq!(s.main_pid, None);
-        assert_eq!(s.restarts, Some(2));
-        assert_eq!(s.last_exit, "killed by SIGKILL");
-        assert!(s.has_marker("shop@8081#1-2"));
-        assert!(!s.has_marker("shop@8081#1"));
-    }
-
-    #[test]
-    fn values_are_quoted_for_unit_files() {
-        assert_eq!(quote_assignment("A", "x \"y\" 100% \\").unwrap(), r#""A=x \"y\" 100%% \\""#);
-        assert_eq!(
-            quote_exec("exec app --port 8081 $(cat f) \"$HOME\"").unwrap(),
-            r#""exec app --port 8081 $$(cat f) \"$$HOME\"""#
-        );
-        assert!(quote_assignment("A", "two\nlines").is_err());
-        assert!(unit_path(Path::new("rel")).is_err());
-    }
-
-    #[test]
-    fn journal_entries_become_lines() {
-        let l = journal_line(r#"{"MESSAGE":"hello","CUTOVER_RELEASE":"v2","CUTOVER_PORT":"8082"}"#).unwrap();
-        assert_eq!(l, LogLine { release: "v2".into(), port: Some(8082), text: "hello".into() });
-        let l = journal_line(r#"{"MESSAGE":[104,105,255]}"#).unwrap();
-        assert_eq!(l.text, "hi\u{fffd}");
-    }
 }
