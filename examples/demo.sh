@@ -187,6 +187,11 @@ conf = "conf/nginx.conf"
 drain_timeout = "10s"
 keep_previous = true
 state_dir = "$TMP/state"
+verify = "2s"
+
+[runtime]
+kind = "spawn"                     # the demo's apps are its own processes, whatever this host's init is
+log_dir = "$TMP/logs"
 
 [canary]
 steps = [10, 50, 100]

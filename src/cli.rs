@@ -70,6 +70,19 @@ pub enum Command {
     Releases(ReleasesArgs),
     /// Remove old release directories and their logs, never the live or the previous release's
     Prune(PruneArgs),
+    /// Make the recorded live state true again after a reboot or crash: start dead live instances, health-check
+    /// them, re-render and reload nginx when ports changed (exit 0 and "nothing to do" when all is well)
+    Up(UpArgs),
+    /// Take the app offline: nginx marks its servers down, every instance is stopped, state is kept (`up` or
+    /// `deploy` brings it back)
+    Stop(LockArgs),
+    /// Restart the live release on fresh instances and flip to them without losing a request
+    Restart(RestartArgs),
+    /// Show the app's output (spawn: its log files; systemd: the journal)
+    Logs(LogsArgs),
+    /// Internal: copy an app's output from stdin into its log file, rotating it by size
+    #[command(name = "__log-writer", hide = true)]
+    LogWriter(LogWriterArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -186,6 +199,47 @@ pub struct HistoryArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Go ahead even when the upstream file on disk was changed outside cutover
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Restart even when the upstream file on disk was changed outside cutover
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing new output as it comes (Ctrl-C to stop)
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Show this release's output (any instance, stopped ones too) instead of what serves now
+    #[arg(long, value_name = "RELEASE")]
+    pub release: Option<String>,
+    /// Show the last N lines (spawn: of each instance's file; systemd: of the journal)
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub lines: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct LogWriterArgs {
+    #[arg(long)]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub max_size: u64,
+    #[arg(long)]
+    pub keep: u32,
+}
+
+#[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// Apply even when the upstream file on disk was changed outside cutover
     #[arg(long)]
@@ -228,6 +282,10 @@ pub struct InitArgs {
     /// Overwrite existing files
     #[arg(long)]
     pub force: bool,
+    /// Instead: write and enable cutover-<app>-up.service in runtime.unit_dir, a oneshot that runs `cutover up`
+    /// for this config after nginx at boot
+    #[arg(long)]
+    pub boot: bool,
     /// Take over an app nginx already proxies to (a switch.sh setup): find it in `nginx -T`, record the running
     /// process as the live release, and point nginx at cutover's upstream
     #[arg(long)]

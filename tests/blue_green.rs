@@ -117,7 +117,9 @@ fn several_instances_start_and_flip_together() {
 
 #[test]
 fn unhealthy_release_exits_3_and_leaves_everything_as_it_was() {
-    let env = Env::with(Opts { deadline: "1s", ..Opts::default() });
+    // A deadline far above what health.fail_after needs: the process is up and answers 503, so it fails after
+    // 10 wrong answers, however slowly the machine starts it.
+    let env = Env::with(Opts { deadline: "30s", ..Opts::default() });
     env.ok(&["deploy", "--release", "v1"]);
     let before = env.upstream();
     let state_before = env.state();
@@ -455,10 +457,9 @@ fn a_killed_deploy_is_cleaned_up_by_the_next_run() {
     env.flags("v2", "--start-delay 30");
     let mut child =
         env.cutover().args(["deploy", "--release", "v2"]).stderr(std::process::Stdio::null()).spawn().unwrap();
-    // Wait until the new instance is recorded, then kill cutover the hard way.
-    assert!(wait_until(Duration::from_secs(10), || env.state()["in_progress"]["started"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty())));
+    // Wait until the new instance is recorded with its pid (its start is recorded as intended first), then kill
+    // cutover the hard way.
+    assert!(wait_until(Duration::from_secs(10), || env.state()["in_progress"]["started"][0]["pid"].is_i64()));
     let leftover = env.state()["in_progress"]["started"][0]["pid"].as_i64().unwrap() as i32;
     child.kill().unwrap();
     child.wait().unwrap();
@@ -498,6 +499,9 @@ fn check_reports_each_item_with_a_fix() {
         "ephemeral ports",
         "state shared",
         "time budget",
+        "runtime",
+        "app account",
+        "disk",
     ] {
         assert!(out.contains(&format!("ok   {item:<18} ")), "{item}: {out}");
     }
@@ -524,8 +528,9 @@ fn check_reports_each_item_with_a_fix() {
     assert_eq!(code, 8);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["ready"], false);
-    // Fourteen items, and two trust items: the config and the upstream file.
-    assert_eq!(j["items"].as_array().unwrap().len(), 16);
+    // Fourteen items, two trust items (the config and the upstream file), and the runtime's four: which runtime,
+    // the app's account, free space for state and for logs.
+    assert_eq!(j["items"].as_array().unwrap().len(), 20);
     drop(holder);
 }
 

@@ -209,6 +209,10 @@ drain_timeout = "30s"
 keep_previous = {"true" if keep_previous else "false"}
 state_dir = "{os.path.join(self.dir, "state")}"
 
+[runtime]
+kind = "spawn"
+log_dir = "{os.path.join(self.dir, "logs")}"
+
 [canary]
 steps = [10, 50, 100]
 interval = "1s"

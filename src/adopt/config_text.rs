@@ -69,6 +69,10 @@ pub fn render(a: &Adopted) -> String {
         );
     }
     t.push_str("# Put {{release}} where each release's files are (or set app.release_dir).\n");
+    t.push_str(
+        "# Its environment is not copied: cutover gives the app a clean one (PATH, LANG, HOME); put what it needs\n\
+         # in app.env or, for secrets, app.env_file.\n",
+    );
     t.push_str(&format!("start = {}\n", s(&a.start)));
     if let Some(w) = &a.workdir {
         t.push_str(&format!("workdir = {}\n", p(w)));

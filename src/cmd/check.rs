@@ -162,6 +162,7 @@ pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
         },
         format!("make {} writable by the user running cutover, or set deploy.state_dir", anc.display()),
     ));
+    runtime_items(c, &mut items);
     let state = setup.state().unwrap_or_default();
     let snap = Snapshot::take(&setup.host, c, &state, None)?;
     let mut busy = Vec::new();
@@ -232,6 +233,104 @@ fn trust(c: &crate::config::Config, insecure: bool, items: &mut Vec<Item>) -> bo
     };
     items.push(item("trust", up.ok(), detail, up.fix(&owner)));
     unsafe_files && euid == 0 && !insecure
+}
+
+/// Which runtime and why; what it needs (systemctl, a writable unit_dir); the app's account and env file; free
+/// space where state and logs are written (a warning under 10 % or 100 MiB: a full state filesystem fails
+/// deploys, a full log filesystem loses the app's output).
+fn runtime_items(c: &crate::config::Config, items: &mut Vec<Item>) {
+    use crate::config::RuntimeKind;
+    let (kind, why) = crate::host::select::choose(c);
+    items.push(item("runtime", true, format!("{kind} ({why})"), ""));
+    if kind == RuntimeKind::Systemd {
+        let sd = crate::host::systemd::Systemd::new(c);
+        match sd.systemctl(&["--version"]) {
+            Ok(v) => items.push(item("systemctl", true, v.lines().next().unwrap_or("").to_string(), "")),
+            Err(e) => items.push(item(
+                "systemctl",
+                false,
+                format!("{e:#}"),
+                "install systemd, or set runtime.systemctl (e.g. [\"sudo\", \"systemctl\"]), or runtime.kind = \"spawn\"",
+            )),
+        }
+        let dir = &c.runtime.unit_dir;
+        let anc = existing_ancestor(dir);
+        items.push(item(
+            "unit dir",
+            writable(&anc),
+            format!("{} (writable: {})", dir.display(), anc.display()),
+            format!("make {} writable by the user running cutover, or set runtime.unit_dir", anc.display()),
+        ));
+    }
+    match crate::host::appenv::account(c) {
+        Ok(a) => items.push(item(
+            "app account",
+            true,
+            format!(
+                "instances run as uid {} gid {}{}",
+                a.uid,
+                a.gid,
+                a.user.as_ref().map(|u| format!(" (app.user {u})")).unwrap_or_default()
+            ),
+            "",
+        )),
+        Err(e) => items.push(item("app account", false, format!("{e:#}"), "see the detail")),
+    }
+    if let Some(p) = &c.app.env_file {
+        match crate::host::appenv::read_env_file(p) {
+            Ok(v) => items.push(item("app env_file", true, format!("{} ({} variable(s))", p.display(), v.len()), "")),
+            Err(e) => items.push(item("app env_file", false, format!("{e:#}"), "see the detail")),
+        }
+    }
+    let mut places = vec![("state", c.state_dir())];
+    if kind == RuntimeKind::Spawn {
+        places.push(("logs", c.log_dir()));
+    }
+    for (what, dir) in places {
+        let at = existing_ancestor(&dir);
+        match nix::sys::statvfs::statvfs(&at) {
+            Ok(v) => {
+                let unit = v.fragment_size().max(1);
+                let free = v.blocks_available() * unit;
+                let total = v.blocks() * unit;
+                let pct = if total == 0 { 100.0 } else { free as f64 * 100.0 / total as f64 };
+                let detail = format!(
+                    "{what}: {} MiB free of {} MiB ({pct:.0} %) on the filesystem of {}",
+                    free >> 20,
+                    total >> 20,
+                    at.display()
+                );
+                if low_space(free, total) {
+                    items.push(item(
+                        "disk",
+                        true,
+                        format!(
+                            "warning: {detail}: under 10 % or 100 MiB; a full {what} filesystem {}",
+                            if what == "state" {
+                                "makes deploys fail"
+                            } else {
+                                "loses the app's output (the app keeps running)"
+                            }
+                        ),
+                        "",
+                    ));
+                } else {
+                    items.push(item("disk", true, detail, ""));
+                }
+            }
+            Err(e) => items.push(item(
+                "disk",
+                true,
+                format!("warning: could not read free space of {}: {e}", at.display()),
+                "",
+            )),
+        }
+    }
+}
+
+/// Under 10 % or under 100 MiB free.
+pub fn low_space(free: u64, total: u64) -> bool {
+    free < 100 << 20 || (total > 0 && free * 10 < total)
 }
 
 fn print(items: &[Item], json: bool) -> Result<()> {

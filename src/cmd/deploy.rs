@@ -8,6 +8,7 @@ use crate::cli::DeployArgs;
 use crate::config::Release;
 use crate::engine::Engine;
 use crate::exit::{self, Code};
+use crate::host::Host;
 use crate::journal::OpKind;
 use crate::output::print_json;
 use crate::plan::{self, Plan, Refusal, Request, Snapshot};
@@ -110,15 +111,36 @@ fn dry_run(setup: &Setup, req: &Request, json: bool) -> Result<Code> {
             }
         }
     }
+    // What each new instance would run, as the runtime would start it (systemd: the unit files).
+    let start = plan.new_ports.first().map(|&p| setup.host.runtime().preview(&plan.release, p));
+    let start = match start {
+        Some(Ok(text)) => Some(text),
+        Some(Err(e)) => {
+            if plan.refusal.is_none() {
+                plan.refusal = Some(Refusal::new(exit::code_of(&e), format!("{e:#}")));
+            }
+            None
+        }
+        None => None,
+    };
     let path = cfg.nginx.upstream_file.display().to_string();
     let diff = upstream::diff(plan.upstream_before.as_deref().unwrap_or_default(), &plan.upstream_after, &path);
     let code = plan.refusal.as_ref().map(|r| r.code).unwrap_or(Code::Ok);
     if json {
-        print_json(
-            &json!({ "dry_run": true, "ok": code == Code::Ok, "exit_code": code.number(), "plan": plan, "diff": diff }),
-        )?;
+        print_json(&json!({
+            "dry_run": true,
+            "ok": code == Code::Ok,
+            "exit_code": code.number(),
+            "plan": plan,
+            "diff": diff,
+            "runtime": setup.host.runtime().kind(),
+            "start": start,
+        }))?;
     } else {
         print_plan(setup, &plan, &diff);
+        if let Some(text) = &start {
+            say!("each new instance ({} runtime) runs:\n{}", setup.host.runtime().kind(), crate::output::indent(text));
+        }
     }
     crate::output::err_line("cutover: dry run: nothing was started, written or reloaded");
     Ok(code)

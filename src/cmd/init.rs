@@ -52,6 +52,74 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<Code> {
     Ok(Code::Ok)
 }
 
+/// `cutover init --boot`: write `cutover-<app>-up.service` into `runtime.unit_dir` and enable it (its
+/// `WantedBy` symlink), a oneshot that runs `cutover up` for this config after nginx at boot. It matches the
+/// packaged `cutover-up@.service` template (`systemctl enable cutover-up@APP`), for hosts without the package.
+pub fn boot(setup: &super::Setup) -> Result<Code> {
+    let c = &setup.config;
+    let name = format!("cutover-{}-up.service", c.app.name);
+    let exe = std::env::current_exe().map_err(|e| anyhow::anyhow!("could not find the cutover binary: {e}"))?;
+    let config = std::path::absolute(&c.path).unwrap_or_else(|_| c.path.clone());
+    let text = boot_unit(c.app.name.as_str(), &exe, &config);
+    let dir = &c.runtime.unit_dir;
+    std::fs::create_dir_all(dir.join("multi-user.target.wants"))
+        .map_err(|e| anyhow::anyhow!("could not create {}: {e}", dir.join("multi-user.target.wants").display()))?;
+    let path = dir.join(&name);
+    crate::util::write_atomic(&path, text.as_bytes(), 0o644)?;
+    let link = dir.join("multi-user.target.wants").join(&name);
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(&path, &link)
+            .map_err(|e| anyhow::anyhow!("could not enable {name} ({}): {e}", link.display()))?;
+    }
+    say!("wrote {} and enabled it ({})", path.display(), link.display());
+    let (kind, _) = crate::host::select::choose(c);
+    let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    if pid1.trim() == "systemd" {
+        match crate::host::systemd::Systemd::new(c).systemctl(&["daemon-reload"]) {
+            Ok(_) => {
+                say!("systemd reloaded: at the next boot it runs `cutover -c {} up` after nginx", config.display())
+            }
+            Err(e) => say!("run `systemctl daemon-reload` ({e:#})"),
+        }
+    } else {
+        say!("PID 1 here is not systemd: the unit takes effect where systemd reads {}", dir.display());
+    }
+    if kind == crate::config::RuntimeKind::Systemd {
+        say!("note: with the systemd runtime the live units come back at boot by themselves; this unit also restarts units that failed and fixes moved ports");
+    }
+    Ok(Code::Ok)
+}
+
+/// The boot unit's text.
+pub fn boot_unit(app: &str, exe: &Path, config: &Path) -> String {
+    format!(
+        "# cutover-{app}-up.service: at boot, make what cutover recorded as live for {app} true again (`cutover up`:\n\
+         # start the live release's instances, health-check them, render the upstream and reload nginx).\n\
+         # Written by `cutover init --boot`; the cutover package's `systemctl enable cutover-up@{app}` is the same.\n\
+         [Unit]\n\
+         Description=cutover: bring app {app}'s live release back up\n\
+         After=network-online.target nginx.service\n\
+         Wants=network-online.target nginx.service\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         # The app's instances outlive this command (spawn runs them in their own sessions): the unit stays active\n\
+         # so that systemd does not clean them up when `up` exits, and KillMode=process keeps a `systemctl stop`\n\
+         # or `restart` of this unit from stopping the app. Take the app down with `cutover stop`.\n\
+         RemainAfterExit=yes\n\
+         KillMode=process\n\
+         ExecStart=\"{exe}\" -c \"{config}\" up\n\
+         WorkingDirectory=/\n\
+         # Health checks run inside `up` (health.deadline per instance).\n\
+         TimeoutStartSec=10min\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        exe = exe.display().to_string().replace('%', "%%"),
+        config = config.display().to_string().replace('%', "%%"),
+    )
+}
+
 /// nginx resets idle keep-alive client connections at a reload unless `keepalive_min_timeout` (nginx 1.27.4 and
 /// later) keeps them; write it when this host's nginx has it, and say why not otherwise.
 fn keepalive_line() -> String {
@@ -90,8 +158,13 @@ const CONFIG: &str = r#"# cutover.toml: how cutover deploys NAME. Unknown keys a
 name = "NAME"                      # [a-z0-9_-]; names the upstream, the state dir and the log files
 # {{port}} and {{release}} are substituted; PORT, CUTOVER_RELEASE and CUTOVER_APP are in the app's environment.
 start = "/srv/NAME/releases/{{release}}/bin/server --port {{port}}"
-# workdir = "/srv/NAME"
+# workdir = "/srv/NAME/releases/{{release}}"   # default: the directory cutover runs from (/ at boot: set it)
+# The app's environment is clean: PATH, LANG, HOME, what inherit_env names, env, env_file, then PORT,
+# CUTOVER_APP, CUTOVER_RELEASE. Nothing else of the deploying job's environment reaches it.
 # env = { RAILS_ENV = "production" }   # not for secrets: cutover init writes this file 0640
+# env_file = "/etc/NAME/env"       # KEY=VALUE lines, owned by root (or you) and mode 0600: secrets go here
+# inherit_env = ["JAVA_HOME"]      # passed through from cutover's environment
+# user = "NAME"                    # run the app as this user (cutover runs as root); group = "NAME"
 stop_timeout = "30s"               # SIGTERM, then SIGKILL after this
 
 [ports]
@@ -143,6 +216,21 @@ min_requests = 50                  # ...once it has at least this many requests 
 # sticky = "cookie:session"        # or "ip": each user stays on one release (site must proxy_pass the variable)
 # header = "X-Canary"              # requests carrying this header always go to the canary
 access_log = "/var/log/nginx/NAME.cutover.log"   # written by the site file's access_log line
+
+[runtime]
+# Who keeps the app running. "systemd" (the default where PID 1 is systemd): each instance is a unit
+# cutover-NAME@PORT.service that restarts on failure and comes back at boot; output in the journal.
+# "spawn": cutover starts instances itself; output in log_dir; `cutover init --boot` adds a boot unit.
+# kind = "systemd"
+# unit_dir = "/etc/systemd/system"
+# A deploy user that is not root runs systemctl and journalctl through sudo, and needs write access to unit_dir
+# (both amount to root on this host). The sudoers line, e.g. in /etc/sudoers.d/cutover-NAME:
+#   deploy ALL=(root) NOPASSWD: /usr/bin/systemctl, /usr/bin/journalctl
+# systemctl = ["sudo", "systemctl"]
+# journalctl = ["sudo", "journalctl"]
+# log_dir = "/var/log/cutover/NAME"   # spawn: <release>-<port>.log per instance
+# log_max_size = "10MiB"           # spawn: rotate each file at this size...
+# log_keep = 3                     # ...keeping this many rotated files
 
 [hooks]                            # shell commands; CUTOVER_* variables describe the deploy
 # before_start = "..."

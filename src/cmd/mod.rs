@@ -11,13 +11,17 @@ mod generate;
 mod history;
 mod init;
 mod init_names;
+mod logs;
 mod prune;
 mod recover;
 mod release_name;
 mod releases;
 mod render;
+mod restart;
 mod rollback;
 mod status;
+mod stop;
+mod up;
 
 use std::path::Path;
 use std::time::Duration;
@@ -98,6 +102,8 @@ fn dispatch(cli: Cli) -> Result<Code> {
     let find = || crate::config_path::find(cli.config.as_deref(), cli.app.as_deref());
     let load = || Setup::load(&find()?, insecure);
     match cli.command {
+        // --boot writes the boot unit of an existing config, which --app may name.
+        Command::Init(args) if args.boot => init::boot(&load()?),
         Command::Init(_) if cli.app.is_some() => {
             Err(exit::usage("init names the app with --name; it writes ./cutover.toml or -c PATH, not a --app config"))
         }
@@ -121,6 +127,14 @@ fn dispatch(cli: Cli) -> Result<Code> {
         Command::Apply(args) => apply::run(&load()?, args, json),
         Command::Releases(args) => releases::run(&load()?, args, json),
         Command::Prune(args) => prune::run(&load()?, args, json),
+        Command::Up(args) => up::run(&load()?, args, json),
+        Command::Stop(args) => stop::run(&load()?, args, json),
+        Command::Restart(args) => restart::run(&load()?, args, json),
+        Command::Logs(args) => logs::run(&load()?, args, json),
+        Command::LogWriter(args) => {
+            crate::host::logfile::run_writer(&args.file, args.max_size, args.keep)?;
+            Ok(Code::Ok)
+        }
     }
 }
 
@@ -140,6 +154,11 @@ fn command_name(c: &Command) -> &'static str {
         Command::Apply(_) => "apply",
         Command::Releases(_) => "releases",
         Command::Prune(_) => "prune",
+        Command::Up(_) => "up",
+        Command::Stop(_) => "stop",
+        Command::Restart(_) => "restart",
+        Command::Logs(_) => "logs",
+        Command::LogWriter(_) => "__log-writer",
         Command::Completions { .. } => "completions",
         Command::ReleaseName { .. } => "release-name",
         Command::Generate { .. } => "generate",

@@ -30,6 +30,8 @@ struct InstanceReport {
     weight: f64,
     since: String,
     log: Option<String>,
+    /// What the runtime says: main pid, its state, restarts, whether it comes back at boot.
+    runtime: crate::host::Details,
 }
 
 #[derive(Serialize)]
@@ -85,6 +87,7 @@ fn report(setup: &Setup, d: &Deployment, share: f64, probe: bool) -> DeploymentR
                 weight: share / n,
                 since: i.started_at.clone(),
                 log: i.log.as_ref().map(|l| l.display().to_string()),
+                runtime: setup.host.runtime().details(i),
             }
         })
         .collect();
@@ -158,6 +161,21 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
     if let Err(e) = &snap.master {
         problems.push(e.clone());
     }
+    if state.offline {
+        problems.push(format!("{} is offline (`cutover stop`); `cutover up` brings it back", cfg.app.name));
+    }
+    let not_at_boot: Vec<String> = live
+        .iter()
+        .flat_map(|d| d.instances.iter())
+        .filter(|i| i.alive && i.runtime.at_boot == Some(false))
+        .map(|i| format!("{} on {}", i.release, i.address))
+        .collect();
+    if !not_at_boot.is_empty() {
+        problems.push(format!(
+            "live instance(s) not enabled for boot: {}; the next cutover command enables them",
+            not_at_boot.join(", ")
+        ));
+    }
     let upstream_drift =
         drift.iter().find(|d| matches!(d, Drift::UpstreamEdited { .. } | Drift::UpstreamMissing { .. }));
 
@@ -180,6 +198,7 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
             "drift": drift,
             "unhealthy": unhealthy,
             "generation": state.generation,
+            "offline": state.offline,
             "in_progress": state.in_progress,
             "lock": holder,
             "nginx": match &snap.master { Ok(m) => json!({"running": true, "master_pid": m.pid}), Err(e) => json!({"running": false, "error": e}) },
@@ -191,6 +210,9 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
         say!("app:       {} ({} runtime)", cfg.app.name, setup.host.runtime().kind());
         match &live {
             None => say!("live:      nothing deployed"),
+            Some(d) if state.offline => {
+                say!("live:      {} OFFLINE (`cutover stop`; `cutover up` brings it back)", d.release)
+            }
             Some(d) => print_deployment("live:", d),
         }
         if let Some(c) = &canary {
@@ -205,7 +227,10 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
                     .instances
                     .iter()
                     .filter(|i| i.alive)
-                    .map(|i| format!("{} (pid {})", i.address, i.pid.unwrap_or(0)))
+                    .map(|i| match (&i.unit, i.pid) {
+                        (Some(u), _) => format!("{} ({u})", i.address),
+                        (None, p) => format!("{} (pid {})", i.address, p.unwrap_or(0)),
+                    })
                     .collect();
                 if running.is_empty() {
                     say!("previous:  {} (stopped)", p.release);
@@ -276,5 +301,16 @@ fn print_deployment(label: &str, d: &DeploymentReport) {
             (None, None) => "pid -".into(),
         };
         say!("  {:<22} {:<14} {:<10} weight {:.0}%  since {}", i.address, who, health, i.weight, i.since);
+        if i.unit.is_some() {
+            let r = &i.runtime;
+            say!(
+                "  {:<22} {}, main pid {}, {} restart(s), {}",
+                "",
+                r.state.as_deref().unwrap_or("?"),
+                r.main_pid.map(|p| p.to_string()).unwrap_or("-".into()),
+                r.restarts.unwrap_or(0),
+                if r.at_boot == Some(true) { "enabled at boot" } else { "NOT enabled at boot" }
+            );
+        }
     }
 }

@@ -65,6 +65,7 @@ impl Config {
             }
         };
         abs(&mut self.nginx.upstream_file);
+        abs(&mut self.runtime.unit_dir);
         for p in [
             &mut self.app.workdir,
             &mut self.app.env_file,
@@ -142,6 +143,9 @@ impl Config {
         }
         if self.nginx.run_as_root.as_ref().is_some_and(|v| v.is_empty() || v[0].trim().is_empty()) {
             return bad("nginx.run_as_root is empty: use e.g. [\"sudo\", \"-n\"], or leave it out".into());
+        }
+        if let Err(msg) = super::runtime::validate(self) {
+            return bad(msg);
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! Checks that span several keys are in [`Config::validate`].
 
 mod load;
+pub mod runtime;
 pub mod values;
 
 pub use load::config_path;
@@ -15,6 +16,7 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use crate::strategy::Strategy;
+pub use runtime::{Account, ByteSize, RuntimeKind};
 pub use values::*;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,11 +48,19 @@ pub struct App {
     pub name: Name,
     /// Shell command; `{{port}}` and `{{release}}` are substituted.
     pub start: StartCommand,
+    /// Where the app runs; `{{release}}` is substituted. Default: the directory cutover runs from.
     pub workdir: Option<PathBuf>,
     #[serde(default)]
     pub env: BTreeMap<EnvName, String>,
     /// `KEY=VALUE` lines for the app's environment, so that secrets stay out of cutover.toml.
     pub env_file: Option<PathBuf>,
+    /// Variables passed through from cutover's own environment; nothing else is (beyond PATH, LANG, HOME).
+    #[serde(default)]
+    pub inherit_env: Vec<EnvName>,
+    /// The user the app runs as (default: the user cutover runs as).
+    pub user: Option<Account>,
+    /// Its group (default: the user's primary group).
+    pub group: Option<Account>,
     /// Where a release's files are, with `{{release}}`: a deploy of a release whose directory is missing is
     /// refused before anything starts. Without it, derived from `start` (a path with a `{{release}}` directory).
     pub release_dir: Option<ReleasePath>,
@@ -262,12 +272,43 @@ pub enum OnFailure {
 }
 
 /// `[runtime]`: who runs the app's instances and where their output goes.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeCfg {
+    /// `spawn` or `systemd`; default: systemd when PID 1 is systemd, else spawn (see `host::select`).
+    pub kind: Option<RuntimeKind>,
+    /// systemd runtime: where cutover writes its units and their `WantedBy` symlinks.
+    #[serde(default = "defaults::unit_dir")]
+    pub unit_dir: PathBuf,
+    /// systemd runtime: the argv prefix that runs systemctl (`["sudo", "systemctl"]` for a non-root user).
+    #[serde(default = "defaults::systemctl")]
+    pub systemctl: Vec<String>,
+    /// systemd runtime: the argv prefix that runs journalctl.
+    #[serde(default = "defaults::journalctl")]
+    pub journalctl: Vec<String>,
     /// spawn runtime: where each instance's output is written (`<release>-<port>.log`). Default
     /// `/var/log/cutover/<app>` as root, else `$XDG_STATE_HOME/cutover-logs/<app>`; never the state directory.
     pub log_dir: Option<PathBuf>,
+    /// spawn runtime: a log file is rotated when it reaches this size...
+    #[serde(default = "defaults::log_max_size")]
+    pub log_max_size: ByteSize,
+    /// ...and this many rotated files (`.1` newest) are kept per instance.
+    #[serde(default = "defaults::log_keep")]
+    pub log_keep: u32,
+}
+
+impl Default for RuntimeCfg {
+    fn default() -> Self {
+        RuntimeCfg {
+            kind: None,
+            unit_dir: defaults::unit_dir(),
+            systemctl: defaults::systemctl(),
+            journalctl: defaults::journalctl(),
+            log_dir: None,
+            log_max_size: defaults::log_max_size(),
+            log_keep: defaults::log_keep(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -360,6 +401,21 @@ mod defaults {
     }
     pub fn hook_timeout() -> Positive {
         Positive(Duration::from_secs(300))
+    }
+    pub fn unit_dir() -> PathBuf {
+        PathBuf::from("/etc/systemd/system")
+    }
+    pub fn systemctl() -> Vec<String> {
+        vec!["systemctl".into()]
+    }
+    pub fn journalctl() -> Vec<String> {
+        vec!["journalctl".into()]
+    }
+    pub fn log_max_size() -> ByteSize {
+        ByteSize(10 << 20)
+    }
+    pub fn log_keep() -> u32 {
+        3
     }
 }
 

@@ -120,3 +120,23 @@ fn the_release_directory_comes_from_release_dir_or_the_start_command() {
     let e = err(&MINIMAL.replace("[ports]", "release_dir = \"releases\"\n\n[ports]"));
     assert!(e.contains("app.release_dir must contain {{release}}"), "{e}");
 }
+
+#[test]
+fn runtime_keys_load_and_a_per_port_workdir_is_refused() {
+    let text = MINIMAL.replace(
+        "[ports]",
+        "workdir = \"/srv/shop/{{release}}\"\nuser = \"shop\"\ninherit_env = [\"JAVA_HOME\"]\n\n[runtime]\nkind = \"systemd\"\n\
+         systemctl = [\"sudo\", \"systemctl\"]\nlog_max_size = \"1MiB\"\n\n[ports]",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.runtime.kind, Some(RuntimeKind::Systemd));
+    assert_eq!(c.runtime.systemctl, ["sudo", "systemctl"]);
+    assert_eq!(c.runtime.unit_dir, PathBuf::from("/etc/systemd/system"));
+    assert_eq!(c.runtime.log_max_size.0, 1 << 20);
+    let e = err(&MINIMAL.replace("[ports]", "workdir = \"/srv/{{port}}\"\n\n[ports]"));
+    assert!(e.contains("app.workdir /srv/{{port}} holds {{port}}"), "{e}");
+    let e = err(&MINIMAL.replace("[ports]", "env = { PORT = \"1\" }\n\n[ports]"));
+    assert!(e.contains("app.env sets PORT, which cutover sets itself"), "{e}");
+    let e = err(&MINIMAL.replace("[ports]", "user = \"root\\nUser=x\"\n\n[ports]"));
+    assert!(e.contains("invalid user or group name"), "{e}");
+}

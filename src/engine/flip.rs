@@ -70,6 +70,7 @@ impl Engine<'_> {
             before.as_deref() == Some(text.as_str()) && self.state().upstream.as_deref() == Some(text.as_str());
         if unchanged && !always_reload {
             self.journal.commit(&change, None)?;
+            self.settle_runtime();
             return Ok(Applied { master, old_workers: Vec::new(), reloaded: false });
         }
         let lock_path = self.cfg.state_base().join("nginx.lock");
@@ -77,6 +78,7 @@ impl Engine<'_> {
         self.journal.touch_upstream()?;
         let old = self.write_test_reload(&master, before.as_deref(), &text, after.generation)?;
         self.journal.commit(&change, Some(text))?;
+        self.settle_runtime();
         Ok(Applied { master, old_workers: old, reloaded: true })
     }
 

@@ -91,7 +91,8 @@ pub fn fire(eng: &Engine, hook: Hook, env: &HookEnv) -> Result<()> {
         c.env(k, v);
     }
     if let Some(dir) = &eng.cfg.app.workdir {
-        c.current_dir(dir);
+        // `{{release}}` in app.workdir is the release this hook is about, as for the app itself.
+        c.current_dir(dir.display().to_string().replace("{{release}}", &env.release));
     }
     let stderr = std::io::stderr();
     c.stdout(Stdio::from(std::os::fd::AsFd::as_fd(&stderr).try_clone_to_owned()?));

@@ -8,6 +8,7 @@ pub mod hooks;
 pub mod launch;
 pub mod recover;
 pub mod retire;
+pub mod settle;
 pub mod verify;
 
 use std::time::Duration;

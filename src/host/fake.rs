@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{Host, Master, Nginx, Probe, Runtime, StartSpec, Status, StopHow, Stopped};
+use super::{Details, Host, LogLine, LogQuery, Master, Nginx, Probe, Runtime, StartSpec, Status, StopHow, Stopped};
 use crate::config::Health;
 use crate::exit::{Code, Failure};
-use crate::journal::Instance;
+use crate::journal::{Instance, State};
 
 /// The payload of the panic that ends a run at a crash point.
 #[derive(Debug)]
@@ -70,6 +70,10 @@ pub struct World {
     pub violations: Vec<String>,
     /// An access log the simulated traffic is written to while the clock runs (canary analysis reads it).
     pub access_log: Option<PathBuf>,
+    /// Markers of the instances that would come back at boot (what the last `settle` enabled).
+    pub at_boot: Vec<String>,
+    /// How many times `settle` ran.
+    pub settled: usize,
 }
 
 pub struct FakeHost {
@@ -315,6 +319,10 @@ impl Runtime for FakeHost {
                 p.alive = false;
             }
         }
+        // Like systemd's: a stopped instance is disabled too.
+        if let Some(m) = &inst.marker {
+            w.at_boot.retain(|x| x != m);
+        }
         Stopped { how: StopHow::Terminated, strays: Vec::new(), survivors: Vec::new() }
     }
 
@@ -324,6 +332,42 @@ impl Runtime for FakeHost {
 
     fn log_excerpt(&self, inst: &Instance) -> String {
         format!("output of {}: (fake host)", inst.describe())
+    }
+
+    /// Like systemd's: the instances state owns are the ones that come back at boot.
+    fn settle(&self, state: &State) -> Result<()> {
+        let mut w = self.world.borrow_mut();
+        w.at_boot = state.owned().iter().filter_map(|(_, i)| i.marker.clone()).collect();
+        w.settled += 1;
+        Ok(())
+    }
+
+    fn details(&self, inst: &Instance) -> Details {
+        let w = self.world.borrow();
+        let alive = inst.pid.and_then(|p| w.procs.get(&p)).is_some_and(|p| p.alive);
+        Details {
+            main_pid: inst.pid.filter(|_| alive),
+            state: Some(if alive { "running" } else { "not running" }.into()),
+            restarts: Some(0),
+            at_boot: Some(inst.marker.as_ref().is_some_and(|m| w.at_boot.contains(m))),
+        }
+    }
+
+    fn preview(&self, release: &str, port: u16) -> Result<String> {
+        Ok(format!("fake: start {release} on {port}"))
+    }
+
+    /// One line per instance ever started of the releases asked for.
+    fn logs(&self, query: &LogQuery, emit: &mut dyn FnMut(&LogLine) -> bool) -> Result<()> {
+        let procs: Vec<FakeProc> = self.world.borrow().procs.values().cloned().collect();
+        for p in procs.iter().filter(|p| query.releases.is_empty() || query.releases.contains(&p.release)) {
+            let line =
+                LogLine { release: p.release.clone(), port: Some(p.port), text: format!("{} started", p.release) };
+            if !emit(&line) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 

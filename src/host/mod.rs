@@ -2,10 +2,14 @@
 //! HTTP probes, ports and the clock. [`real::RealHost`] is the machine; [`fake::FakeHost`] is a simulated one
 //! that lets tests kill a run at every side effect and check what the next run does.
 
+pub mod appenv;
 pub mod fake;
+pub mod logfile;
 pub mod proc;
 pub mod real;
+pub mod select;
 pub mod spawn;
+pub mod systemd;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::config;
-use crate::journal::Instance;
+use crate::journal::{Instance, State};
 
 /// What the runtime knows about an instance right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +69,38 @@ pub struct StartSpec {
     pub marker: String,
 }
 
+/// What the runtime says about an instance beyond "running or not", for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Details {
+    /// The process that runs it now (systemd: the unit's main pid, which changes when systemd restarts it).
+    pub main_pid: Option<i32>,
+    /// The runtime's own word for its state (systemd: `active (running)`, `activating (auto-restart)`).
+    pub state: Option<String>,
+    /// How many times the runtime restarted it after a failure.
+    pub restarts: Option<u32>,
+    /// Whether it comes back by itself after a reboot (systemd: the unit is enabled).
+    pub at_boot: Option<bool>,
+}
+
+/// Which output `cutover logs` shows.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// These releases' output (any port, stopped instances too); empty: every release of the app.
+    pub releases: Vec<String>,
+    /// The last this many lines (spawn: of each instance's file; systemd: of the app's journal).
+    pub lines: usize,
+    /// Then keep printing new lines until the reader goes away.
+    pub follow: bool,
+}
+
+/// One line of an app's output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    pub release: String,
+    pub port: Option<u16>,
+    pub text: String,
+}
+
 /// Who runs the app's instances.
 pub trait Runtime {
     /// `spawn` or `systemd`.
@@ -79,6 +115,19 @@ pub trait Runtime {
     fn find(&self, marker: &str) -> Vec<i32>;
     /// What the instance printed that explains a failure: error-looking lines first, then the last lines.
     fn log_excerpt(&self, inst: &Instance) -> String;
+    /// Make what the runtime keeps match `state` once a change is committed: systemd enables for boot exactly
+    /// the units of the instances state owns (live, canary, rolling, backup, a previous release kept running)
+    /// and disables the app's other units; spawn removes the log files of releases that are neither live,
+    /// canary, rolling, previous nor being deployed.
+    fn settle(&self, state: &State) -> Result<()>;
+    /// The runtime's view of an instance, for `status`.
+    fn details(&self, inst: &Instance) -> Details;
+    /// What starting `release` on `port` would run, for `--dry-run` (systemd: the unit files it would write).
+    /// Checks what a start would check (the user exists, the env file is safe) without starting anything.
+    fn preview(&self, release: &str, port: u16) -> Result<String>;
+    /// The app's output: the last lines, then with `follow` new lines as they come, each given to `emit` until
+    /// it returns false.
+    fn logs(&self, query: &LogQuery, emit: &mut dyn FnMut(&LogLine) -> bool) -> Result<()>;
 }
 
 /// The running nginx master, verified to be one.

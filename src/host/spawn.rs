@@ -2,7 +2,8 @@
 //!
 //! An instance is started in a new session (so it is its own process-group leader, has no controlling terminal,
 //! and survives cutover's exit, an SSH hang-up and a CI runner killing cutover's process group), with stdin from
-//! /dev/null and its output appended to its log file. Its environment carries `CUTOVER_INSTANCE=<marker>`, which
+//! /dev/null, the clean environment and account of [`appenv`], and its output piped to a log writer that
+//! rotates it by size and never blocks the app ([`logfile`]). Its environment carries `CUTOVER_INSTANCE=<marker>`, which
 //! is how cutover proves a process is one of its own: a pid alone can be reused, and a process can leave its
 //! group (an app that daemonizes), but it keeps its environment.
 
@@ -18,13 +19,12 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::proc;
-use super::{Runtime, StartSpec, Status, StopHow, Stopped};
+use super::appenv::{self, MARKER_VAR};
+use super::{logfile, proc};
+use super::{Details, LogLine, LogQuery, Runtime, StartSpec, Status, StopHow, Stopped};
 use crate::config::Config;
-use crate::journal::Instance;
+use crate::journal::{Instance, State};
 use crate::util;
-
-pub const MARKER_VAR: &str = "CUTOVER_INSTANCE";
 
 pub struct Spawn {
     config: Config,
@@ -79,15 +79,14 @@ impl Runtime for Spawn {
     }
 
     fn start(&self, spec: &StartSpec) -> Result<Instance> {
-        let app = &self.config.app;
-        let command = start_command(&app.start.0, &spec.release, spec.port);
+        let launch = appenv::prepare(&self.config, spec)?;
+        let command = launch.command.clone();
         let dir = self.config.log_dir();
         util::private_dir(&dir)?;
         let log_path = self.log_path(&spec.release, spec.port);
-        let log = util::open_append(&log_path)?;
         {
             use std::io::Write;
-            let mut l = &log;
+            let mut l = util::open_append(&log_path)?;
             let _ = writeln!(
                 l,
                 "--- cutover: starting {} on port {} at {}: {command}",
@@ -96,24 +95,23 @@ impl Runtime for Spawn {
                 util::now_rfc3339()
             );
         }
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("could not create a pipe")?;
+        self.start_writer(&log_path, read)?;
+        let out = std::fs::File::from(write);
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(&command)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().context("could not duplicate log file handle")?)
-            .stderr(log)
-            .env("PORT", spec.port.to_string())
-            .env("CUTOVER_RELEASE", &spec.release)
-            .env("CUTOVER_APP", app.name.as_str())
-            .env(MARKER_VAR, &spec.marker);
-        for (k, v) in &app.env {
-            cmd.env(&k.0, v);
-        }
-        if let Some(dir) = &app.workdir {
-            cmd.current_dir(dir);
-        }
+            .stdout(out.try_clone().context("could not duplicate the log pipe")?)
+            .stderr(out)
+            .env_clear()
+            .envs(launch.environment())
+            .current_dir(&launch.workdir);
+        as_account(&mut cmd, &launch.account);
         new_session(&mut cmd);
-        let child = cmd.spawn().with_context(|| format!("could not run /bin/sh to start {command:?}"))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not run /bin/sh to start {command:?} in {}", launch.workdir.display()))?;
         let pid = child.id() as i32;
         let start_ticks = proc::stat(pid).map(|s| s.start_ticks);
         self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, child);
@@ -234,8 +232,115 @@ impl Runtime for Spawn {
 
     fn log_excerpt(&self, inst: &Instance) -> String {
         let path = inst.log.clone().unwrap_or_else(|| self.log_path(&inst.release, inst.port));
+        // The writer may still be copying the app's last words out of the pipe.
+        std::thread::sleep(Duration::from_millis(50));
         let text = proc::log_excerpt(&path, Some("--- cutover: starting"), 15);
         format!("output of {} ({}):\n{}", inst.describe(), path.display(), crate::output::indent(&text))
+    }
+
+    fn settle(&self, state: &State) -> Result<()> {
+        let keep = releases_kept(state);
+        logfile::prune(&self.config.log_dir(), &keep)?;
+        Ok(())
+    }
+
+    fn details(&self, inst: &Instance) -> Details {
+        let running = self.status(inst).running();
+        Details {
+            main_pid: inst.pid.filter(|_| running),
+            state: Some(if running { "running".into() } else { "not running".into() }),
+            restarts: None,
+            at_boot: None,
+        }
+    }
+
+    fn preview(&self, release: &str, port: u16) -> Result<String> {
+        let spec = StartSpec { release: release.into(), port, marker: format!("{}@{port}#...", self.config.app.name) };
+        let l = appenv::prepare(&self.config, &spec)?;
+        let names: Vec<String> = l.environment().into_iter().map(|(k, _)| k).collect();
+        Ok(format!(
+            "/bin/sh -c {:?}\n  in {} as uid {} gid {}, own session, output to {} (rotated at {}, {} kept)\n  \
+             environment: {}",
+            l.command,
+            l.workdir.display(),
+            l.account.uid,
+            l.account.gid,
+            self.log_path(release, port).display(),
+            self.config.runtime.log_max_size,
+            self.config.runtime.log_keep,
+            names.join(" ")
+        ))
+    }
+
+    fn logs(&self, query: &LogQuery, emit: &mut dyn FnMut(&LogLine) -> bool) -> Result<()> {
+        let dir = self.config.log_dir();
+        let files = logfile::current_files(&dir, &query.releases);
+        for (name, path) in &files {
+            for text in logfile::last_lines(path, query.lines) {
+                if !emit(&LogLine { release: name.release.clone(), port: Some(name.port), text }) {
+                    return Ok(());
+                }
+            }
+        }
+        if !query.follow {
+            return Ok(());
+        }
+        let mut follower = logfile::Follower::at_end(&files);
+        loop {
+            std::thread::sleep(logfile::FOLLOW_EVERY);
+            let files = logfile::current_files(&dir, &query.releases);
+            for (name, text) in follower.poll(&files) {
+                if !emit(&LogLine { release: name.release, port: Some(name.port), text }) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The releases whose logs stay: live, canary, rolling, previous, and the one an operation is deploying.
+pub fn releases_kept(state: &State) -> Vec<String> {
+    let mut keep: Vec<String> = Vec::new();
+    let deps = state
+        .live
+        .iter()
+        .chain(state.previous.iter())
+        .chain(state.canary.iter().map(|c| &c.deployment))
+        .chain(state.rolling.iter().map(|r| &r.deployment));
+    for d in deps {
+        keep.push(d.release.clone());
+    }
+    if let Some(op) = &state.in_progress {
+        keep.push(op.release.clone());
+        keep.extend(op.started.iter().map(|i| i.release.clone()));
+    }
+    keep.extend(state.backup.iter().map(|i| i.release.clone()));
+    keep.sort();
+    keep.dedup();
+    keep
+}
+
+impl Spawn {
+    /// Start the instance's log writer (`cutover __log-writer`) in its own session, reading `read`.
+    fn start_writer(&self, log: &std::path::Path, read: std::os::fd::OwnedFd) -> Result<()> {
+        let exe = std::env::current_exe().context("could not find the cutover binary to run its log writer")?;
+        let rt = &self.config.runtime;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("__log-writer")
+            .arg("--file")
+            .arg(log)
+            .arg("--max-size")
+            .arg(rt.log_max_size.0.to_string())
+            .arg("--keep")
+            .arg(rt.log_keep.to_string())
+            .stdin(Stdio::from(read))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env_clear()
+            .current_dir("/");
+        new_session(&mut cmd);
+        cmd.spawn().with_context(|| format!("could not start the log writer {} __log-writer", exe.display()))?;
+        Ok(())
     }
 }
 
@@ -270,13 +375,28 @@ fn reap(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
 }
 
-/// The shell command for an instance: `{{port}}` and `{{release}}` substituted (both are validated to be inert).
-pub fn start_command(template: &str, release: &str, port: u16) -> String {
-    template.replace("{{port}}", &port.to_string()).replace("{{release}}", release)
+/// Run as `app.user` / `app.group`: supplementary groups (what initgroups(3) sets, looked up before the fork,
+/// where a lookup is safe), then the group, then the user, so that nothing can be regained afterwards.
+#[allow(unsafe_code)]
+fn as_account(cmd: &mut Command, acc: &appenv::Account) {
+    if !acc.switches() {
+        return;
+    }
+    let (uid, gid, groups) = (acc.uid, acc.gid, acc.groups.clone());
+    // SAFETY: setgroups(2), setgid(2) and setuid(2) are plain system calls on data computed before the fork; the
+    // child has one thread, so glibc's cross-thread id synchronisation has nothing to do.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
+            nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
+            nix::unistd::setuid(uid).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
 }
 
 #[allow(unsafe_code)]
-fn new_session(cmd: &mut Command) {
+pub(crate) fn new_session(cmd: &mut Command) {
     // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent; it is the documented way to
     // detach a child into its own session between fork and exec.
     unsafe {
@@ -303,7 +423,7 @@ mod tests {
     #[test]
     fn substitution_is_literal() {
         assert_eq!(
-            start_command("java -jar /srv/{{release}}/a.jar --port={{port}} ${HOME}", "v42", 8081),
+            appenv::start_command("java -jar /srv/{{release}}/a.jar --port={{port}} ${HOME}", "v42", 8081),
             "java -jar /srv/v42/a.jar --port=8081 ${HOME}"
         );
     }

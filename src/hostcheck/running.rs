@@ -126,10 +126,9 @@ fn round(d: Duration) -> Duration {
 }
 
 fn get(url: &str) -> Result<String, String> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).max_idle_connections(0).build();
-    match agent.get(url).call() {
-        Ok(r) => r.into_string().map_err(|e| e.to_string()),
-        Err(ureq::Error::Status(code, _)) => Err(format!("status {code}")),
+    match crate::host::real::agent(Duration::from_secs(2)).get(url).call() {
+        Ok(mut r) if r.status().is_success() => r.body_mut().read_to_string().map_err(|e| e.to_string()),
+        Ok(r) => Err(format!("status {}", r.status().as_u16())),
         Err(e) => Err(e.to_string()),
     }
 }

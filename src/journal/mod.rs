@@ -47,10 +47,12 @@ pub enum Change {
     Rerender,
     /// A rolling deploy's fleet: `live` is what remains of the old release, `rolling` the new one so far.
     Rolling { live: Option<Deployment>, rolling: Option<RollingState>, to_stop: Vec<Instance> },
-    /// Dead live instances replaced by fresh ones on the same ports (`cutover up`); the dead ones are dropped.
+    /// Dead instances replaced by fresh ones of the same release (`cutover up`), in whichever of the live,
+    /// canary or rolling deployment held them; the dead ones are dropped. The app is online again.
     Replace { old: Vec<Instance>, new: Vec<Instance> },
-    /// The app taken offline (`cutover stop`): nothing serves; live instances are recorded to stop, the live
-    /// release stays recorded so that `up` or `deploy` bring it back.
+    /// The app taken offline (`cutover stop`): nothing serves (the live servers are listed `down`); every
+    /// running instance (live, backup, canary, a previous release kept running) is recorded to stop, the canary
+    /// ends, and the live release stays recorded so that `up` or `deploy` bring it back.
     Offline,
     /// `cutover init --adopt`: processes cutover did not start become the record. `live` is what nginx routed
     /// to; `previous` an idle copy of the app on another pool port (the switch.sh pattern leaves one), kept
@@ -95,6 +97,7 @@ impl Change {
                 state.live = Some(to.clone());
                 state.canary = None;
                 state.rolling = None;
+                state.offline = false;
             }
             Change::Canary(c) => state.canary = Some(c.clone()),
             Change::CanaryEnd => {
@@ -170,11 +173,21 @@ impl Change {
                 to_stop.extend(stop.iter().cloned());
             }
             Change::Replace { old, new } => {
-                if let Some(live) = &mut state.live {
-                    live.instances.retain(|i| !old.iter().any(|o| o.same(i)));
-                    live.instances.extend(new.iter().cloned());
-                    live.instances.sort_by_key(|i| i.port);
+                let deps = state
+                    .live
+                    .iter_mut()
+                    .chain(state.canary.as_mut().map(|c| &mut c.deployment))
+                    .chain(state.rolling.as_mut().map(|r| &mut r.deployment));
+                for d in deps {
+                    let before = d.instances.len();
+                    d.instances.retain(|i| !old.iter().any(|o| o.same(i)));
+                    if d.instances.len() == before {
+                        continue;
+                    }
+                    d.instances.extend(new.iter().filter(|n| n.release == d.release).cloned());
+                    d.instances.sort_by_key(|i| i.port);
                 }
+                state.offline = false;
             }
             Change::Adopt { live, previous } => {
                 state.live = Some(live.clone());
@@ -191,6 +204,10 @@ impl Change {
                 if let Some(c) = state.canary.take() {
                     to_stop.extend(c.deployment.running());
                 }
+                if let Some(p) = &state.previous {
+                    to_stop.extend(p.running());
+                }
+                state.offline = true;
             }
         }
         if let Some(op) = &mut state.in_progress {

@@ -244,6 +244,10 @@ pub struct State {
     pub backup: Vec<Instance>,
     /// The upstream file exactly as cutover last wrote it; drift is any difference on disk.
     pub upstream: Option<String>,
+    /// Taken offline by `cutover stop`: the live release stays recorded, its servers are listed `down` and its
+    /// instances stopped, until `up`, `restart` or a deploy brings it back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
     pub in_progress: Option<Operation>,
 }
 

@@ -156,3 +156,40 @@ fn adoption_records_the_running_release_and_its_idle_copy_once() {
     assert_eq!(store.load("shop").unwrap(), saved);
     assert!(j.adopt(&Change::Rerender, "x".into()).is_err());
 }
+
+#[test]
+fn offline_stops_everything_and_keeps_the_live_release_recorded() {
+    let mut s = state();
+    Change::Offline.apply(&mut s);
+    assert!(s.offline);
+    assert_eq!(s.live.as_ref().unwrap().release, "v1", "the live release stays recorded for `up`");
+    assert!(s.backup.is_empty());
+    assert_eq!(to_stop(&s), [("v1".to_string(), 8081), ("v0".to_string(), 8080)]);
+    let cfg = crate::config::Config::parse(
+        "[app]\nname = \"shop\"\nstart = \"x {{port}}\"\n[ports]\npool = [8080, 8081, 8082]\n\
+         [nginx]\nupstream_file = \"u.conf\"\n",
+        std::path::Path::new("/srv/cutover.toml"),
+    )
+    .unwrap();
+    let servers = crate::upstream::view(&cfg, &s).servers;
+    assert_eq!(servers.len(), 1, "no backup while offline: {servers:?}");
+    assert!(servers[0].down && servers[0].port == 8081, "{servers:?}");
+}
+
+#[test]
+fn replace_swaps_dead_instances_where_they_were_and_brings_the_app_online() {
+    let mut s = state();
+    s.offline = true;
+    let mut c = dep("v2", vec![inst("v2", 8083, 13)]);
+    c.release = "v2".into();
+    s.canary = Some(CanaryState { deployment: c, weight: 10, steps: vec![10, 100], step: Some(0), automatic: false });
+    Change::Replace {
+        old: vec![inst("v1", 8081, 11), inst("v2", 8083, 13)],
+        new: vec![inst("v1", 8081, 21), inst("v2", 8083, 23)],
+    }
+    .apply(&mut s);
+    assert!(!s.offline);
+    assert_eq!(s.live.as_ref().unwrap().instances, vec![inst("v1", 8081, 21)]);
+    assert_eq!(s.canary.as_ref().unwrap().deployment.instances, vec![inst("v2", 8083, 23)]);
+    assert!(to_stop(&s).is_empty(), "dead instances need no stop");
+}

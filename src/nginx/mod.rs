@@ -309,17 +309,17 @@ impl RealNginx {
         let Some(url) = &self.cfg.confirm_url else { return Ok(()) };
         let started = Instant::now();
         let timeout = self.cfg.confirm_timeout.0;
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(1)).max_idle_connections(0).build();
+        let agent = crate::host::real::agent(Duration::from_secs(1));
         let want = generation.to_string();
         let mut last;
         loop {
             last = match agent.get(&url.0).call() {
-                Ok(r) => match r.into_string() {
+                Ok(mut r) if r.status().is_success() => match r.body_mut().read_to_string() {
                     Ok(body) if body.trim() == want => return Ok(()),
                     Ok(body) => format!("it answered {:?}", body.trim().chars().take(40).collect::<String>()),
                     Err(e) => format!("could not read its answer: {e}"),
                 },
-                Err(ureq::Error::Status(code, _)) => format!("it answered status {code}"),
+                Ok(r) => format!("it answered status {}", r.status().as_u16()),
                 Err(e) => format!("GET failed: {e}"),
             };
             if started.elapsed() >= timeout {

@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod blue_green;
 pub mod canary;
 pub mod rolling;
+pub mod up;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};

@@ -101,6 +101,11 @@ pub fn view(config: &Config, state: &State) -> View {
         servers.extend(r.deployment.instances.iter().map(|i| server(config, i, 1)));
         servers.extend(r.down.iter().map(|i| Server { down: true, ..server(config, i, 1) }));
     }
+    if state.offline {
+        for s in &mut servers {
+            s.down = true;
+        }
+    }
     let primary: Vec<u16> = servers.iter().map(|s| s.port).collect();
     if !servers.iter().all(|s| s.down) {
         servers.extend(

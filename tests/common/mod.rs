@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod outage;
+pub mod sandbox;
+
 pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/app.py");
 
 /// nginx must be there: a test that needs it fails with a clear message instead of skipping.
@@ -186,6 +189,7 @@ state_dir = "state"
 verify = "{verify}"
 
 [runtime]
+kind = "spawn"
 log_dir = "logs"
 {extra}"#,
             fixture = FIXTURE,
