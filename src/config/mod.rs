@@ -30,6 +30,8 @@ pub struct Config {
     #[serde(default)]
     pub rolling: Rolling,
     #[serde(default)]
+    pub maintenance: Maintenance,
+    #[serde(default)]
     pub hooks: Hooks,
     #[serde(default)]
     pub runtime: RuntimeCfg,
@@ -252,6 +254,30 @@ pub enum OnFailure {
     Pause,
 }
 
+/// `[maintenance]`: what nginx answers while no instance serves (`--strategy all-at-once`, between stopping
+/// the old release and the new one passing its health check): a 503 with `Retry-After`, from the upstream
+/// template (overridable with `nginx.template`), instead of nginx's 502.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    /// The `Retry-After` the 503 carries (whole seconds, rounded up).
+    #[serde(default = "defaults::retry_after")]
+    pub retry_after: Positive,
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Maintenance { retry_after: defaults::retry_after() }
+    }
+}
+
+impl Maintenance {
+    /// `Retry-After` in whole seconds, rounded up (at least 1).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.0.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
 /// `[runtime]`: who runs the app's instances and where their output goes.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -348,6 +374,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn retry_after() -> Positive {
+        Positive(Duration::from_secs(5))
     }
     pub fn hook_timeout() -> Positive {
         Positive(Duration::from_secs(300))
@@ -468,6 +497,11 @@ impl Config {
                 self.rolling.batch.0, self.deploy.instances.0
             ));
         }
+        if strategy == Strategy::Rolling {
+            if let Some(why) = self.rolling_takes_everything_out() {
+                return bad(why);
+            }
+        }
         if self.health.fail_after == 0 {
             return bad("health.fail_after must be at least 1".into());
         }
@@ -487,6 +521,19 @@ impl Config {
             return bad("nginx.binary is empty".into());
         }
         Ok(())
+    }
+
+    /// Why `--strategy rolling` cannot run with this config: without surge, a batch of every instance would take
+    /// the whole app out at once, which is all-at-once (not zero-downtime) under another name.
+    pub fn rolling_takes_everything_out(&self) -> Option<String> {
+        let (batch, n) = (self.rolling.batch.0, self.deploy.instances.0);
+        (!self.rolling.surge && batch >= n).then(|| {
+            format!(
+                "rolling.batch {batch} with rolling.surge = false takes all {n} instance(s) out at once: that is \
+                 --strategy all-at-once, which is not zero-downtime; lower rolling.batch, set rolling.surge = true, \
+                 or use deploy.strategy = \"all-at-once\" if downtime is acceptable"
+            )
+        })
     }
 
     /// The configured ports, in order of preference.
