@@ -259,7 +259,13 @@ fn a_release_that_fails_its_health_check_at_the_third_batch_is_rolled_back_witho
     let by_release = load.finish("fails at batch 3, rolled back");
     assert_eq!(code, 3, "{err}");
     assert!(by_release.get("v2").is_some_and(|&n| n > 0), "two batches of v2 served before the failure");
-    assert!(err.contains("v2 failed at batch 3 of 4: new release v2 failed its health check"), "{err}");
+    assert!(
+        err.contains(
+            "v2 failed at batch 3 of 4: its new instance(s) did not become healthy and were stopped before they got \
+             traffic; rolling every replaced instance back to v1"
+        ),
+        "{err}"
+    );
     let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["exit_code"], 3);
     assert!(
@@ -283,8 +289,14 @@ fn on_failure_pause_leaves_a_mixed_fleet_that_status_shows_and_rollback_or_deplo
     env.flags("v2", &format!("--fail-health-on-port {}", env.pool[1]));
     let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains("paused with 2 instance(s) of v2 serving beside v1"), "{err}");
-    assert!(err.contains("`cutover deploy --release v2` finishes it, `cutover rollback` returns every instance to v1"));
+    assert!(
+        err.contains(
+            "error: rolling deploy of v2 paused: batch 3 of 4 failed, 2 of 4 instance(s) run v2 beside v1 (`cutover \
+             deploy --release v2` finishes it, `cutover rollback` returns every instance to v1): its new instance(s) \
+             did not become healthy"
+        ),
+        "{err}"
+    );
     // status: two of each, with their shares, and the pause; --check fails.
     let st = env.json(&["status"]);
     assert_eq!(st["rolling"]["deployment"]["weight"], 50);

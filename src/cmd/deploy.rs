@@ -266,7 +266,9 @@ fn print_batches(setup: &Setup, plan: &Plan) {
     let list = |v: &[u16]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
     let state = setup.state().unwrap_or_default();
     let old = state.live.as_ref();
-    let n = plan.batches.len();
+    // A resumed deploy goes on counting from the batches already in.
+    let done = state.rolling.as_ref().map(|r| r.batch).unwrap_or(0);
+    let n = done + plan.batches.len();
     let health = format!("health-check ({} pass(es), deadline {})", c.health.successes, c.health.deadline);
     let verify = if c.deploy.verify.0.is_zero() { String::new() } else { format!(", verify {}", c.deploy.verify) };
     for (k, b) in plan.batches.iter().enumerate() {
@@ -289,8 +291,8 @@ fn print_batches(setup: &Setup, plan: &Plan) {
                  {out} out, drain, stop"
             ),
         };
-        say!("  batch {} of {n}: {line}", k + 1);
-        if k + 1 < n && !c.rolling.pause.0.is_zero() {
+        say!("  batch {} of {n}: {line}", done + k + 1);
+        if k + 1 < plan.batches.len() && !c.rolling.pause.0.is_zero() {
             say!(
                 "  hold {} with access-log analysis of the new instances against the old (canary.max_error_rate {}, \
                  min_requests {})",

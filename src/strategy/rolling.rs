@@ -76,6 +76,7 @@ fn forward(eng: &mut Engine, plan: &Plan) -> Result<Switched> {
         stopped: Vec::new(),
         drained: true,
         last_healthy: None,
+        launch_failed: false,
     };
     for (k, b) in plan.batches.iter().enumerate() {
         let outcome = batch(eng, &mut run, b).and_then(|()| {
@@ -97,9 +98,15 @@ fn forward(eng: &mut Engine, plan: &Plan) -> Result<Switched> {
 /// whole fleet again), take the maintenance listener away, finish the operation.
 fn finish(eng: &mut Engine, run: &mut Run) -> Result<Switched> {
     let t = run.last_healthy.map(|(t, _)| t).unwrap_or_else(Instant::now);
+    let from = eng.progress.steps.len();
     let applied = eng.apply(Change::RollEnd { since: crate::util::now_rfc3339() })?;
     run.drain(eng, &applied, "; going on");
     run.stopped.extend(eng.retire()?);
+    let ended = match run.strategy {
+        Strategy::AllAtOnce => "the rolling record and the maintenance listener left the upstream",
+        _ => "the rolling record left the upstream",
+    };
+    eng.progress.fold(from, "finish", ended);
     eng.journal.done()?;
     let live = eng.state().live.clone().context("nothing is live after the rolling deploy")?;
     Ok(Switched {
@@ -139,6 +146,7 @@ fn after_failure(eng: &mut Engine, run: &mut Run, cause: anyhow::Error) -> anyho
         return cause;
     }
     let code = exit::code_of(&cause);
+    let cause = if run.moved && run.launch_failed { launch_in_a_moved_fleet(cause) } else { cause };
     let old = run.from.clone();
     let failed_at = format!("{} failed at batch {} of {}", run.release, run.current, run.batches);
     let everything = run.strategy == Strategy::AllAtOnce || eng.cfg.rolling.on_failure == OnFailure::Rollback;
@@ -164,24 +172,19 @@ fn after_failure(eng: &mut Engine, run: &mut Run, cause: anyhow::Error) -> anyho
             Err(p) => p.context(why),
         };
     }
-    let mixed = eng.state().rolling.is_some();
-    if mixed {
-        let n = eng.state().rolling.as_ref().map(|r| r.deployment.instances.len()).unwrap_or(0);
-        let why = format!(
-            "{failed_at}: {}; paused with {n} instance(s) of {} serving beside {old}",
-            first_line(&cause),
-            run.release
+    if let Some(r) = eng.state().rolling.clone() {
+        let why = format!("{failed_at}: {}", first_line(&cause));
+        let summary = format!(
+            "rolling deploy of {rel} paused: batch {k} of {n} failed, {new} of {total} instance(s) run {rel} beside \
+             {old} (`cutover deploy --release {rel}` finishes it, `cutover rollback` returns every instance to {old})",
+            rel = run.release,
+            k = run.current,
+            n = run.batches,
+            new = r.deployment.instances.len(),
+            total = r.deployment.instances.len() + eng.state().live.as_ref().map(|l| l.instances.len()).unwrap_or(0),
         );
         return match pause(eng, &why) {
-            Ok(()) => Failure::error(
-                code,
-                format!(
-                    "{why}. `cutover deploy --release {}` finishes it, `cutover rollback` returns every instance to \
-                     {old}\n{cause:#}",
-                    run.release
-                ),
-            )
-            .context(Paused(format!("rolling deploy of {} paused", run.release))),
+            Ok(()) => Failure::error(code, format!("{cause:#}")).context(Paused(summary)),
             Err(p) => p.context(why),
         };
     }
@@ -201,6 +204,18 @@ fn after_failure(eng: &mut Engine, run: &mut Run, cause: anyhow::Error) -> anyho
         code,
         format!("{failed_at} and was rolled back: all {n} instance(s) run {old} again{downtime}\n{cause:#}"),
         how,
+    )
+}
+
+/// A launch failure said for a fleet where traffic already moved: the launch's own summary ("traffic
+/// untouched") is true of its batch only. Same code, the instances' details kept.
+fn launch_in_a_moved_fleet(cause: anyhow::Error) -> anyhow::Error {
+    let Some(f) = cause.downcast_ref::<Failure>() else { return cause };
+    let (first, details) = f.message.split_once('\n').unwrap_or((f.message.as_str(), ""));
+    let details = if details.is_empty() { first } else { details };
+    Failure::error(
+        f.code,
+        format!("its new instance(s) did not become healthy and were stopped before they got traffic\n{details}"),
     )
 }
 
@@ -259,6 +274,7 @@ fn back_steps(eng: &mut Engine, kind: OpKind, slots_only: bool, dark_since: Opti
         stopped: Vec::new(),
         drained: true,
         last_healthy: None,
+        launch_failed: false,
     };
     let dark = live.instances.is_empty() && r.deployment.instances.is_empty();
     if dark && run.dark_since.is_none() {

@@ -52,6 +52,8 @@ pub(super) struct Run {
     pub stopped: Vec<Instance>,
     pub drained: bool,
     pub last_healthy: Option<(Instant, u64)>,
+    /// The last batch failed in its launch (its instances never got traffic).
+    pub launch_failed: bool,
 }
 
 impl Run {
@@ -177,7 +179,7 @@ pub(super) fn batch(eng: &mut Engine, run: &mut Run, b: &Batch) -> Result<()> {
 }
 
 fn surge(eng: &mut Engine, run: &mut Run, b: &Batch, retire: &[Instance], env: &HookEnv) -> Result<()> {
-    let launched = eng.launch(&run.target, &b.start, env)?;
+    let launched = eng.launch(&run.target, &b.start, env).inspect_err(|_| run.launch_failed = true)?;
     let step = run.step(launched.instances.clone(), retire.to_vec(), Leave::Backup, b.maintenance);
     let applied = match run.apply(eng, step) {
         Ok(a) => a,
@@ -210,7 +212,7 @@ fn in_place(eng: &mut Engine, run: &mut Run, b: &Batch, retire: &[Instance], env
         run.drain(eng, &applied, " (long requests or open connections); stopping them anyway");
         run.stopped.extend(eng.stop(retire, "stop")?);
     }
-    let launched = eng.launch(&run.target, &b.start, env)?;
+    let launched = eng.launch(&run.target, &b.start, env).inspect_err(|_| run.launch_failed = true)?;
     let step = run.step(launched.instances.clone(), Vec::new(), Leave::Down, b.maintenance);
     let applied = match run.apply(eng, step) {
         Ok(a) => a,

@@ -180,6 +180,16 @@ pub fn plan(
             live.release
         ));
     }
+    let n = cfg.deploy.instances.0 as usize;
+    if resuming.is_none() && live.instances.len() != n {
+        plan.notes.push(format!(
+            "deploy.instances is {n} but {} instance(s) of {} are live: a {} deploy replaces the ones that run, one \
+             for one; a blue-green deploy changes the count",
+            live.instances.len(),
+            live.release,
+            plan.strategy
+        ));
+    }
     if cfg.deploy.keep_previous {
         plan.notes.push(format!(
             "deploy.keep_previous does not apply to --strategy {}: the old release is replaced where it runs",
