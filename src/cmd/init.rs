@@ -70,7 +70,7 @@ start = "/srv/NAME/releases/{{release}}/bin/server --port {{port}}"
 stop_timeout = "30s"               # SIGTERM, then SIGKILL after this
 
 [ports]
-pool = [8081, 8082]                # or range = "8081-8090"; needs 2 x deploy.instances ports
+pool = [8081, 8082]                # or range = "8081-8090"; `cutover check` says how many each strategy needs
 bind = "127.0.0.1"
 
 [health]
@@ -110,6 +110,15 @@ min_requests = 50                  # ...once it has at least this many requests 
 # sticky = "cookie:session"        # or "ip": each user stays on one release (site must proxy_pass the variable)
 # header = "X-Canary"              # requests carrying this header always go to the canary
 access_log = "/var/log/nginx/NAME.cutover.log"   # written by the site file's access_log line
+
+# [rolling]                        # `cutover deploy --strategy rolling` (deploy.instances replaced in batches)
+# batch = 1                        # instances per batch
+# surge = true                     # replacements start beside the old ones (needs instances + batch ports)
+# pause = "0s"                     # hold between batches with the canary's access-log analysis
+# on_failure = "rollback"          # or "pause": keep the mixed fleet for rollback/recover/deploy
+
+# [maintenance]                    # `--strategy all-at-once` (not zero-downtime): nginx answers 503 meanwhile
+# retry_after = "5s"
 
 [hooks]                            # shell commands; CUTOVER_* variables describe the deploy
 # before_start = "..."
