@@ -287,8 +287,11 @@ fn a_release_that_fails_its_health_check_at_the_third_batch_is_rolled_back_witho
 fn on_failure_pause_leaves_a_mixed_fleet_that_status_shows_and_rollback_or_deploy_resolve() {
     let env = fleet("rolling", 5, "batch = 1\nsurge = true\non_failure = \"pause\"");
     env.flags("v2", &format!("--fail-health-on-port {}", env.pool[1]));
-    let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
+    let (code, out, err) = env.run(&["deploy", "--release", "v2", "--json"]);
     assert_eq!(code, 3, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((doc["ok"].as_bool(), doc["outcome"].as_str()), (Some(false), Some("paused")), "{doc}");
+    assert_eq!(doc["rolling"]["deployment"]["instances"].as_array().unwrap().len(), 2, "{doc}");
     assert!(
         err.contains(
             "error: rolling deploy of v2 paused: batch 3 of 4 failed, 2 of 4 instance(s) run v2 beside v1 (`cutover \
