@@ -187,6 +187,10 @@ conf = "conf/nginx.conf"
 drain_timeout = "10s"
 keep_previous = true
 state_dir = "$TMP/state"
+verify = "2s"
+
+[runtime]
+log_dir = "$TMP/logs"
 
 [canary]
 steps = [10, 50, 100]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::strategy::Strategy;
 
@@ -18,9 +18,14 @@ use crate::strategy::Strategy;
 #[derive(Debug, Parser)]
 #[command(name = "cutover", version, max_term_width = 110)]
 pub struct Cli {
-    /// Config file [default: $CUTOVER_CONFIG, else ./cutover.toml]
+    /// Config file [default: $CUTOVER_CONFIG, else ./cutover.toml, else /etc/cutover/<app>.toml with --app, else
+    /// /etc/cutover/cutover.toml]
     #[arg(short, long, global = true, env = "CUTOVER_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// The app to act on: finds /etc/cutover/NAME.toml, and makes sure the config found is NAME's
+    #[arg(long, global = true, value_name = "NAME")]
+    pub app: Option<String>,
 
     /// Print one JSON document on stdout instead of text (progress still goes to stderr)
     #[arg(long, global = true)]
@@ -64,6 +69,32 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the release name that --release-from-ref makes of a CI ref or build tag
+    ReleaseName {
+        /// A branch ref or build tag, e.g. refs/heads/feature/x or jenkins-myorg/myapp/main-42
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+    /// Write man pages or completion files into a directory (for packaging)
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: GenerateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// One man page per command: cutover.1, cutover-deploy.1, ...
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Completion files for bash (cutover.bash), zsh (_cutover) and fish (cutover.fish)
+    Completions {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -75,10 +106,15 @@ pub struct LockArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = ArgGroup::new("which_release").required(true).args(["release", "release_from_ref"]))]
 pub struct DeployArgs {
     /// The release to deploy; substituted for {{release}} in app.start ([A-Za-z0-9._-], up to 128)
     #[arg(short, long)]
-    pub release: String,
+    pub release: Option<String>,
+    /// Derive the release name from a CI ref or build tag instead (refs/heads/feature/x -> feature-x; see
+    /// `cutover release-name`)
+    #[arg(long, value_name = "REF")]
+    pub release_from_ref: Option<String>,
     /// Override deploy.strategy
     #[arg(long, value_enum)]
     pub strategy: Option<Strategy>,

@@ -32,6 +32,33 @@ pub enum Code {
 }
 
 impl Code {
+    pub const ALL: [Code; 9] = [
+        Code::Ok,
+        Code::Unexpected,
+        Code::Usage,
+        Code::Unhealthy,
+        Code::Nginx,
+        Code::Locked,
+        Code::CanaryAborted,
+        Code::CheckFailed,
+        Code::Refused,
+    ];
+
+    /// What the code means, as README.md's table and the man page say it.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Code::Ok => "done",
+            Code::Unexpected => "unexpected error",
+            Code::Usage => "usage error or invalid config (config errors name file, line and column)",
+            Code::Unhealthy => "the new release failed its health check (or died after the switch); traffic is on the old release",
+            Code::Nginx => "nginx rejected the config, the reload could not be confirmed, or nginx is not running; previous config restored",
+            Code::Locked => "another cutover run holds the lock",
+            Code::CanaryAborted => "canary (or rolling batch) aborted by analysis; rolled back",
+            Code::CheckFailed => "status --check: drift, an unhealthy live instance, an unfinished operation, nginx not running",
+            Code::Refused => "refused: the host is not in a state where this can run (nothing to roll back, a canary running, a hand-edited upstream without --force, check not ready); nothing changed",
+        }
+    }
+
     pub fn number(self) -> i32 {
         match self {
             Code::Ok => 0,

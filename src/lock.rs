@@ -124,3 +124,20 @@ pub fn holder(path: &Path) -> Option<Holder> {
         Err((mut f, _)) => read_holder(&mut f).filter(|h| proc::pid_alive(h.pid as i32)),
     }
 }
+
+/// A shared lock on `path`, for readers that must not see a writer's work half done (`nginx -T` while another
+/// app's candidate upstream is on disk). Waits up to `wait` for an exclusive holder.
+pub fn shared(path: &Path, wait: Duration) -> Result<Flock<File>> {
+    let deadline = Instant::now() + wait;
+    let mut file = open(path)?;
+    loop {
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((_, e)) => return Err(e).with_context(|| format!("could not lock {}", path.display())),
+        }
+    }
+}

@@ -455,10 +455,9 @@ fn a_killed_deploy_is_cleaned_up_by_the_next_run() {
     env.flags("v2", "--start-delay 30");
     let mut child =
         env.cutover().args(["deploy", "--release", "v2"]).stderr(std::process::Stdio::null()).spawn().unwrap();
-    // Wait until the new instance is recorded, then kill cutover the hard way.
-    assert!(wait_until(Duration::from_secs(10), || env.state()["in_progress"]["started"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty())));
+    // Wait until the new instance is recorded with its pid (its start is recorded as intended first), then kill
+    // cutover the hard way.
+    assert!(wait_until(Duration::from_secs(10), || env.state()["in_progress"]["started"][0]["pid"].is_i64()));
     let leftover = env.state()["in_progress"]["started"][0]["pid"].as_i64().unwrap() as i32;
     child.kill().unwrap();
     child.wait().unwrap();
@@ -821,4 +820,32 @@ fn a_reader_that_stops_reading_is_not_an_error() {
         assert_eq!(out.status.code(), Some(0), "cutover {args:?}: {err}");
         assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "cutover {args:?}: {err}");
     }
+}
+
+#[test]
+fn a_release_whose_directory_is_missing_is_refused_before_anything_starts_and_dry_run_says_so() {
+    let env = Env::new();
+    let releases = env.path().join("releases");
+    std::fs::create_dir_all(releases.join("v1")).unwrap();
+    let cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("[ports]\n", &format!("release_dir = \"{}/{{{{release}}}}\"\n\n[ports]\n", releases.display()));
+    env.write_config(&cfg);
+    env.ok(&["deploy", "--release", "v1"]);
+    let (code, out, _) = env.run(&["deploy", "--release", "v2", "--dry-run"]);
+    assert_eq!(code, 8, "{out}");
+    assert!(
+        out.contains(&format!(
+            "  WOULD REFUSE (exit 8): release v2 is not on this host: {}/v2 does not exist",
+            releases.display()
+        )),
+        "{out}"
+    );
+    let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("stage the release there first"), "{err}");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", env.pool[1])).is_ok(), "nothing started");
+    std::fs::create_dir_all(releases.join("v2")).unwrap();
+    env.ok(&["deploy", "--release", "v2"]);
+    assert_eq!(env.serving(), "v2");
 }

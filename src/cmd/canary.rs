@@ -9,9 +9,9 @@ use serde_json::json;
 
 use super::Setup;
 use crate::cli::{CanaryArgs, CanaryCommand, LockArgs};
-use crate::engine::{Done, Engine, Moved, OpMeta};
-use crate::exit::{self, Code};
-use crate::journal::{OpKind, Outcome};
+use crate::engine::{Done, Engine, OpMeta};
+use crate::exit::Code;
+use crate::journal::OpKind;
 use crate::output::print_json;
 use crate::strategy::{canary, rolling, Strategy};
 
@@ -44,42 +44,11 @@ pub fn report_canary(setup: &Setup, eng: &Engine, kind: OpKind, json: bool) -> R
     Ok(())
 }
 
-fn need_canary(eng: &Engine) -> Result<crate::journal::CanaryState> {
-    eng.state().canary.clone().ok_or_else(|| {
-        exit::refused(
-            "no canary is running for this app (start one with `cutover deploy --release R --strategy canary`)",
-        )
-    })
-}
-
-fn meta(kind: OpKind, release: &str) -> OpMeta {
-    OpMeta { kind, release: release.to_string(), strategy: Some(Strategy::Canary) }
-}
-
 /// `cutover promote`: the canary's next step; past the last one (or at 100 %) it becomes the live release.
 pub fn promote(setup: &Setup, args: LockArgs, json: bool) -> Result<Code> {
     let (_lock, mut eng) = super::begin(setup, args.lock_wait, false, "promote")?;
-    let c = need_canary(&eng)?;
     let from = eng.live_release();
-    let to = c.next_step().filter(|&(_, pct)| pct < 100);
-    let release = c.deployment.release.clone();
-    let switched = eng.run(&meta(OpKind::Promote, &release), |e| {
-        e.begin(OpKind::Promote, &release, Some(Strategy::Canary))?;
-        let r = match to {
-            Some((next, pct)) => {
-                e.progress.note(format!("promoting canary {release} from {}% to {pct}%", c.weight));
-                canary::set_weight(e, pct, Some(next))
-                    .and_then(|()| e.journal.done())
-                    .map(|()| Done::with(None, Moved::Nothing, Outcome::CanaryStep))
-            }
-            None => canary::finish(e).map(|s| Done::forward(Some(s))),
-        };
-        if let Err(err) = &r {
-            crate::strategy::blue_green::end_failed(e, err)?;
-        }
-        r
-    })?;
-    match switched {
+    match canary::promote(&mut eng)? {
         Some(s) => super::deploy::report(setup, &eng, OpKind::Promote, Strategy::Canary, &s, from, json)?,
         None => report_canary(setup, &eng, OpKind::Promote, json)?,
     }
@@ -89,24 +58,13 @@ pub fn promote(setup: &Setup, args: LockArgs, json: bool) -> Result<Code> {
 /// `cutover abort`.
 pub fn abort(setup: &Setup, args: LockArgs, json: bool) -> Result<Code> {
     let (_lock, mut eng) = super::begin(setup, args.lock_wait, false, "abort")?;
-    need_canary(&eng)?;
     abort_cmd(setup, &mut eng, OpKind::Abort, json)
 }
 
 /// Abort the running canary (from `abort`, or `rollback` during a canary) and report.
 pub fn abort_cmd(setup: &Setup, eng: &mut Engine, kind: OpKind, json: bool) -> Result<Code> {
-    let c = need_canary(eng)?;
-    let release = c.deployment.release.clone();
-    eng.progress.note(format!("aborting canary {release} at {}%", c.weight));
-    // Not "ok": an aborted canary was never the live release, so `rollback --to` must not offer it.
-    let stopped = eng.run(&meta(kind, &release), |e| {
-        e.begin(kind, &release, Some(Strategy::Canary))?;
-        let r = canary::abort(e);
-        if let Err(err) = &r {
-            crate::strategy::blue_green::end_failed(e, err)?;
-        }
-        r.map(|s| Done::with(s, Moved::Back, Outcome::Aborted))
-    })?;
+    let release = eng.state().canary.as_ref().map(|c| c.deployment.release.clone()).unwrap_or_default();
+    let stopped = canary::abort_op(eng, kind)?;
     if json {
         print_json(&json!({
             "ok": true,
@@ -131,18 +89,7 @@ pub fn abort_cmd(setup: &Setup, eng: &mut Engine, kind: OpKind, json: bool) -> R
 pub fn run(setup: &Setup, args: CanaryArgs, json: bool) -> Result<Code> {
     let CanaryCommand::Set { percent, lock } = args.command;
     let (_lock, mut eng) = super::begin(setup, lock.lock_wait, false, "canary set")?;
-    let c = need_canary(&eng)?;
-    let step = c.steps.iter().position(|&s| s == percent);
-    let release = c.deployment.release.clone();
-    eng.progress.note(format!("setting canary {release} from {}% to {percent}%", c.weight));
-    eng.run(&meta(OpKind::CanarySet, &release), |e| {
-        e.begin(OpKind::CanarySet, &release, Some(Strategy::Canary))?;
-        let r = canary::set_weight(e, percent, step).and_then(|()| e.journal.done());
-        if let Err(err) = &r {
-            crate::strategy::blue_green::end_failed(e, err)?;
-        }
-        r.map(|()| Done::with((), Moved::Nothing, Outcome::CanaryStep))
-    })?;
+    canary::set_op(&mut eng, percent)?;
     report_canary(setup, &eng, OpKind::CanarySet, json)?;
     Ok(Code::Ok)
 }

@@ -6,16 +6,16 @@ use serde_json::json;
 use super::Setup;
 use crate::cli::DeployArgs;
 use crate::config::Release;
-use crate::engine::{Done, Engine, Moved, OpMeta};
+use crate::engine::Engine;
 use crate::exit::{self, Code};
-use crate::journal::{OpKind, Outcome};
+use crate::journal::OpKind;
 use crate::output::print_json;
 use crate::plan::{self, Plan, Refusal, Request, Snapshot};
-use crate::strategy::{blue_green, canary, rolling, Strategy, Switched};
+use crate::strategy::{self, canary, Ended, Strategy, Switched};
 use crate::upstream::{self, Renderer};
 
 pub fn run(setup: &Setup, args: DeployArgs, json: bool) -> Result<Code> {
-    let release: Release = args.release.parse().map_err(exit::usage)?;
+    let release: Release = crate::release_ref::for_deploy(args.release.as_deref(), args.release_from_ref.as_deref())?;
     let cfg = &setup.config;
     let strategy = args.strategy.unwrap_or(cfg.deploy.strategy);
     let req = Request { kind: OpKind::Deploy, release: release.clone(), strategy, force: args.force };
@@ -46,66 +46,16 @@ fn preflight(setup: &Setup, strategy: Strategy) -> Result<()> {
 }
 
 /// Resolve the plan against the host as it is now; a refusal is returned as its error.
-pub fn resolve(setup: &Setup, eng: &Engine, req: &Request) -> Result<Plan> {
-    let snap = Snapshot::take(&setup.host, &setup.config, eng.state(), None)?;
-    let plan = plan::resolve(req, &setup.config, eng.state(), &snap, &eng.renderer)?;
-    for n in &plan.notes {
-        eng.progress.note(n);
-    }
-    if let Some(r) = &plan.refusal {
-        return Err(r.error());
-    }
-    Ok(plan)
+pub fn resolve(_setup: &Setup, eng: &Engine, req: &Request) -> Result<Plan> {
+    strategy::plan_for(eng, req)
 }
 
 /// Run a resolved deploy, rollback or restart plan and report it.
 pub fn execute(setup: &Setup, eng: &mut Engine, plan: Plan, json: bool) -> Result<Code> {
     let from = eng.live_release();
-    let cfg = &setup.config;
-    let verb = match plan.kind {
-        OpKind::Rollback => "rolling back to",
-        OpKind::Restart => "restarting",
-        _ => "deploying",
-    };
-    eng.progress.note(format!(
-        "{verb} {} ({}) for {}{}",
-        plan.release,
-        plan.strategy,
-        cfg.app.name,
-        from.as_ref().map(|f| format!(", replacing {f}")).unwrap_or_default()
-    ));
-    if !plan.strategy.zero_downtime() {
-        eng.progress.warn(format!(
-            "--strategy {} is not zero-downtime: nothing serves between stopping {} and the new release passing its \
-             health check (nginx answers the maintenance page)",
-            plan.strategy,
-            from.as_deref().unwrap_or("the old release")
-        ));
-    }
-    let meta = OpMeta { kind: plan.kind, release: plan.release.clone(), strategy: Some(plan.strategy) };
-    let forward = plan.kind != OpKind::Rollback;
-    let done = |s: Switched| if forward { Done::forward(s) } else { Done::back(s) };
-    match plan.strategy {
-        Strategy::Canary => {
-            let end = eng.run(&meta, |e| {
-                canary::deploy(e, &plan).map(|end| match end {
-                    canary::End::Paused => Done::with(canary::End::Paused, Moved::Nothing, Outcome::CanaryStarted),
-                    promoted => Done::forward(promoted),
-                })
-            })?;
-            match end {
-                canary::End::Promoted(s) => report(setup, eng, plan.kind, plan.strategy, &s, from, json)?,
-                canary::End::Paused => super::canary::report_canary(setup, eng, plan.kind, json)?,
-            }
-        }
-        Strategy::Rolling | Strategy::AllAtOnce => {
-            let s = eng.run(&meta, |e| rolling::run(e, &plan).map(done))?;
-            report(setup, eng, plan.kind, plan.strategy, &s, from, json)?;
-        }
-        Strategy::BlueGreen => {
-            let s = eng.run(&meta, |e| blue_green::run(e, &plan).map(done))?;
-            report(setup, eng, plan.kind, plan.strategy, &s, from, json)?;
-        }
+    match strategy::execute(eng, &plan)? {
+        Ended::Switched(s) => report(setup, eng, plan.kind, plan.strategy, &s, from, json)?,
+        Ended::CanaryPaused => super::canary::report_canary(setup, eng, plan.kind, json)?,
     }
     Ok(Code::Ok)
 }
@@ -159,7 +109,7 @@ fn dry_run(setup: &Setup, req: &Request, json: bool) -> Result<Code> {
     let cfg = &setup.config;
     let state = setup.state()?;
     let holder = crate::lock::holder(&setup.store.lock_path());
-    let snap = Snapshot::take(&setup.host, cfg, &state, holder.clone())?;
+    let snap = Snapshot::take(&setup.host, cfg, &state, holder.clone())?.with_release(cfg, req.release.as_str());
     let renderer = Renderer::new(cfg)?;
     let mut plan = plan::resolve(req, cfg, &state, &snap, &renderer)?;
     if plan.refusal.is_none() {
@@ -272,7 +222,7 @@ fn print_batches(setup: &Setup, plan: &Plan) {
     let health = format!("health-check ({} pass(es), deadline {})", c.health.successes, c.health.deadline);
     let verify = if c.deploy.verify.0.is_zero() { String::new() } else { format!(", verify {}", c.deploy.verify) };
     for (k, b) in plan.batches.iter().enumerate() {
-        let out = rolling::describe_ports(old, &b.retire);
+        let out = strategy::rolling::describe_ports(old, &b.retire);
         let start = list(&b.start);
         let r = &plan.release;
         let line = match (b.retire.is_empty(), b.maintenance, b.in_place()) {

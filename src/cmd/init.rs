@@ -19,7 +19,7 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<Code> {
     let config = CONFIG.replace("NAME", name.as_str());
     let site = SITE
         .replace("KEEPALIVE", &keepalive_line())
-        .replace("VAR", &format!("cutover_{}", name.as_str().replace('-', "_")))
+        .replace("VAR", &crate::upstream::Names::for_app(name.as_str()).vars)
         .replace("NAME", name.as_str());
     // The config may come to hold app.env values: not world-readable. The site file is nginx's to read.
     crate::trust::write_with_mode(config_path, config.as_bytes(), 0o640)?;
@@ -46,7 +46,7 @@ fn keepalive_line() -> String {
         confirm_url: None,
         confirm_timeout: crate::config::Positive(std::time::Duration::from_secs(5)),
     };
-    match RealNginx::new(&cfg).version() {
+    match RealNginx::new(&cfg, None).version() {
         Ok(v) if has_keepalive_min_timeout(v) => {
             "    # Idle keep-alive clients are not reset at a reload (nginx >= 1.27.4).\n    keepalive_min_timeout 1s;"
                 .into()

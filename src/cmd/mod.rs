@@ -5,9 +5,11 @@
 mod canary;
 mod check;
 mod deploy;
+mod generate;
 mod history;
 mod init;
 mod recover;
+mod release_name;
 mod render;
 mod rollback;
 mod status;
@@ -16,7 +18,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::CommandFactory;
 use serde_json::json;
 
 use crate::cli::{Cli, Command};
@@ -26,9 +27,8 @@ use crate::exit::{self, Code};
 use crate::host::real::RealHost;
 use crate::host::Host;
 use crate::journal::{Deployment, State, Store};
-use crate::lock::{self, Lock, Scope};
+use crate::lock::Lock;
 use crate::output::{print_json, Progress};
-use crate::plan::{self, Snapshot};
 
 /// What every command that reads or changes an app works with: its config, the machine, its state directory.
 pub struct Setup {
@@ -76,27 +76,34 @@ impl Setup {
 }
 
 pub fn run(cli: Cli) -> Result<Code> {
-    let path = config::config_path(cli.config.as_deref());
     let json = cli.json;
     let name = command_name(&cli.command);
-    let result = dispatch(cli, &path);
+    let (explicit, app) = (cli.config.clone(), cli.app.clone());
+    let result = dispatch(cli);
     if let (true, Err(e)) = (json, &result) {
-        print_failure(&path, name, e);
+        let path = crate::config_path::find(explicit.as_deref(), app.as_deref()).ok();
+        print_failure(path.as_deref(), name, e);
     }
     result
 }
 
-fn dispatch(cli: Cli, path: &Path) -> Result<Code> {
+fn dispatch(cli: Cli) -> Result<Code> {
     let json = cli.json;
     let insecure = cli.insecure_config;
-    let load = || Setup::load(path, insecure);
+    let find = || crate::config_path::find(cli.config.as_deref(), cli.app.as_deref());
+    let load = || Setup::load(&find()?, insecure);
     match cli.command {
-        Command::Init(args) => init::run(path, args),
+        Command::Init(_) if cli.app.is_some() => {
+            Err(exit::usage("init names the app with --name; it writes ./cutover.toml or -c PATH, not a --app config"))
+        }
+        Command::Init(args) => init::run(&config::config_path(cli.config.as_deref()), args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "cutover", &mut std::io::stdout());
+            generate::print_completions(shell);
             Ok(Code::Ok)
         }
-        Command::Check => check::run(path, json, insecure),
+        Command::ReleaseName { reference } => release_name::run(&reference, json),
+        Command::Generate { what } => generate::run(what),
+        Command::Check => check::run(&find()?, json, insecure),
         Command::Deploy(args) => deploy::run(&load()?, args, json),
         Command::Status(args) => status::run(&load()?, args, json),
         Command::Rollback(args) => rollback::run(&load()?, args, json),
@@ -123,12 +130,14 @@ fn command_name(c: &Command) -> &'static str {
         Command::History(_) => "history",
         Command::Recover(_) => "recover",
         Command::Completions { .. } => "completions",
+        Command::ReleaseName { .. } => "release-name",
+        Command::Generate { .. } => "generate",
     }
 }
 
 /// The JSON document of a failed command: the error and what is known after it (what is live, and this run's
 /// history event when it wrote one).
-fn print_failure(path: &Path, command: &str, e: &anyhow::Error) {
+fn print_failure(path: Option<&Path>, command: &str, e: &anyhow::Error) {
     let code = exit::code_of(e);
     let mut doc = json!({
         "ok": false,
@@ -136,7 +145,7 @@ fn print_failure(path: &Path, command: &str, e: &anyhow::Error) {
         "exit_code": code.number(),
         "error": format!("{e:#}"),
     });
-    if let Ok(setup) = Setup::load(path, true) {
+    if let Some(setup) = path.and_then(|p| Setup::load(p, true).ok()) {
         doc["app"] = json!(setup.config.app.name.as_str());
         if let Ok(state) = setup.state() {
             doc["live"] = json!(state.live);
@@ -156,36 +165,7 @@ fn print_failure(path: &Path, command: &str, e: &anyhow::Error) {
     let _ = print_json(&doc);
 }
 
-/// The start of every command that changes something: take the app's lock, finish or undo what a killed run
-/// left, and report drift. Drift that would be overwritten (a hand-edited upstream file, state gone while the
-/// upstream says a release is live) stops the command unless `force` (exit 8).
+/// The start of every command that changes something: see [`Engine::open`].
 pub fn begin<'a>(setup: &'a Setup, lock_wait: Option<Duration>, force: bool, by: &str) -> Result<(Lock, Engine<'a>)> {
-    setup.store.ensure()?;
-    let progress = Progress::new();
-    let (lock, stale) = lock::acquire(&setup.store.lock_path(), Scope::App, lock_wait)?;
-    if let Some(h) = stale {
-        progress.warn(format!("took over the lock left by {h}: that process is gone"));
-    }
-    let mut eng = setup.engine(progress)?;
-    eng.lock_wait = lock_wait;
-    eng.recover(by)?;
-    let snap = Snapshot::take(&setup.host, &setup.config, eng.state(), None)?;
-    let rendered = eng.renderer.render(&setup.config, eng.state()).ok();
-    let drift = plan::reconcile(&setup.config, eng.state(), &snap, rendered.as_deref());
-    for d in &drift {
-        eng.progress.warn(format!("drift: {d}"));
-    }
-    if let Some(d) = drift.iter().find(|d| d.blocks()) {
-        if !force {
-            let msg = match d {
-                plan::Drift::UpstreamEdited { path } => format!(
-                    "the upstream file {path} was changed outside cutover; look at `cutover render --diff`, then run \
-                     again with --force to replace it"
-                ),
-                other => other.to_string(),
-            };
-            return Err(exit::refused(msg));
-        }
-    }
-    Ok((lock, eng))
+    Engine::open(&setup.config, &setup.host, setup.store.clone(), lock_wait, force, by, Progress::new())
 }

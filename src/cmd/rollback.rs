@@ -11,8 +11,7 @@ use crate::cli::RollbackArgs;
 use crate::config::Release;
 use crate::exit::{self, Code};
 use crate::journal::OpKind;
-use crate::plan::Request;
-use crate::strategy::Strategy;
+use crate::strategy;
 
 pub fn run(setup: &Setup, args: RollbackArgs, json: bool) -> Result<Code> {
     let to: Option<Release> = args.to.as_deref().map(str::parse).transpose().map_err(exit::usage)?;
@@ -29,37 +28,13 @@ pub fn run(setup: &Setup, args: RollbackArgs, json: bool) -> Result<Code> {
     if eng.state().rolling.is_some() {
         return super::canary::rolling_back(setup, &mut eng, json);
     }
-    let Some(live) = eng.state().live.clone() else {
-        return Err(exit::refused("nothing is deployed, so there is nothing to roll back"));
-    };
-    let release = match (&to, &eng.state().previous) {
-        (Some(r), _) => {
-            let (events, _) = setup.store.history()?;
-            if !events.iter().any(|e| e.release == r.as_str() && e.made_live()) {
-                return Err(exit::usage(format!(
-                    "release {r} was never live here; `cutover history` lists the releases you can roll back to"
-                )));
-            }
-            r.clone()
-        }
-        (None, Some(prev)) => prev.release.parse().map_err(exit::usage)?,
-        (None, None) => {
-            return Err(exit::refused(format!(
-                "no previous release is recorded for {}; pass --to RELEASE",
-                setup.config.app.name
-            )))
-        }
-    };
-    if release.as_str() == live.release {
-        return Err(exit::refused(format!("{release} is already live")));
-    }
-    let req =
-        Request { kind: OpKind::Rollback, release: release.clone(), strategy: Strategy::BlueGreen, force: args.force };
+    let req = strategy::rollback_request(&eng, to, args.force)?;
     let plan = super::deploy::resolve(setup, &eng, &req)?;
     eng.progress.note(format!(
-        "rolling back {} from {} to {release}{}",
+        "rolling back {} from {} to {}{}",
         setup.config.app.name,
-        live.release,
+        eng.live_release().unwrap_or_default(),
+        req.release,
         if plan.new_ports.is_empty() {
             " (still running: flip only)"
         } else {

@@ -1,5 +1,7 @@
 //! Loading and validating `cutover.toml`.
 use super::*;
+use crate::exit;
+use std::path::Path;
 
 const MINIMAL: &str = r#"
 [app]
@@ -115,4 +117,21 @@ fn rolling_without_surge_may_not_take_every_instance_out_and_all_at_once_needs_o
     let c = parse(&format!("{MINIMAL}\n[maintenance]\nretry_after = \"1500ms\"\n")).unwrap();
     assert_eq!(c.maintenance.retry_after_secs(), 2, "whole seconds, rounded up");
     assert_eq!(parse(MINIMAL).unwrap().maintenance.retry_after_secs(), 5);
+}
+
+#[test]
+fn the_release_directory_comes_from_release_dir_or_the_start_command() {
+    let c = parse(&MINIMAL.replace(
+        "start = \"python3 app.py --port {{port}}\"",
+        "start = \"exec java -jar /srv/shop/releases/{{release}}/shop.jar --port={{port}}\"",
+    ))
+    .unwrap();
+    assert_eq!(c.release_dir("v42"), Some(PathBuf::from("/srv/shop/releases/v42")));
+    // A file named after the release is not a release directory.
+    let c = parse(&MINIMAL.replace("--port {{port}}", "--port {{port}} $(cat /etc/flags/{{release}})")).unwrap();
+    assert_eq!(c.release_dir("v42"), None);
+    let c = parse(&MINIMAL.replace("[ports]", "release_dir = \"releases/{{release}}\"\n\n[ports]")).unwrap();
+    assert_eq!(c.release_dir("v1"), Some(PathBuf::from("/srv/releases/v1")));
+    let e = err(&MINIMAL.replace("[ports]", "release_dir = \"releases\"\n\n[ports]"));
+    assert!(e.contains("app.release_dir must contain {{release}}"), "{e}");
 }

@@ -478,3 +478,19 @@ mod tests {
         assert!(!backgrounds("app --port {{port}} >log 2>&1"));
     }
 }
+
+/// A path with `{{release}}` in it (`app.release_dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasePath(pub String);
+
+impl<'de> Deserialize<'de> for ReleasePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if !s.contains("{{release}}") {
+            return Err(serde::de::Error::custom(
+                "app.release_dir must contain {{release}}, e.g. \"/srv/shop/releases/{{release}}\"",
+            ));
+        }
+        Ok(ReleasePath(s))
+    }
+}

@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::exit;
 use crate::host::Host;
 use crate::journal::{Event, Journal, OpKind, Outcome, State, Store};
+use crate::lock::{self, Lock, Scope};
 use crate::output::Progress;
+use crate::plan::{self, Drift, Snapshot};
 use crate::strategy::Strategy;
 use crate::upstream::Renderer;
 use hooks::{Hook, HookEnv};
@@ -89,6 +91,47 @@ impl<'h> Engine<'h> {
             recovered: false,
             downtime: None,
         })
+    }
+
+    /// The start of every command that changes something: take the app's lock, finish or undo what a killed run
+    /// left, and report drift. Drift that would be overwritten (a hand-edited upstream file, state gone while the
+    /// upstream says a release is live) stops the command unless `force` (exit 8).
+    pub fn open(
+        cfg: &'h Config,
+        host: &'h dyn Host,
+        store: Store,
+        lock_wait: Option<Duration>,
+        force: bool,
+        by: &str,
+        progress: Progress,
+    ) -> Result<(Lock, Engine<'h>)> {
+        store.ensure()?;
+        let (lock, stale) = lock::acquire(&store.lock_path(), Scope::App, lock_wait)?;
+        if let Some(h) = stale {
+            progress.warn(format!("took over the lock left by {h}: that process is gone"));
+        }
+        let mut eng = Engine::new(cfg, host, store, progress)?;
+        eng.lock_wait = lock_wait;
+        eng.recover(by)?;
+        let snap = Snapshot::take(host, cfg, eng.state(), None)?;
+        let rendered = eng.renderer.render(cfg, eng.state()).ok();
+        let drift = plan::reconcile(cfg, eng.state(), &snap, rendered.as_deref());
+        for d in &drift {
+            eng.progress.warn(format!("drift: {d}"));
+        }
+        if let Some(d) = drift.iter().find(|d| d.blocks()) {
+            if !force {
+                let msg = match d {
+                    Drift::UpstreamEdited { path } => format!(
+                        "the upstream file {path} was changed outside cutover; look at `cutover render --diff`, then \
+                         run again with --force to replace it"
+                    ),
+                    other => other.to_string(),
+                };
+                return Err(exit::refused(msg));
+            }
+        }
+        Ok((lock, eng))
     }
 
     pub fn state(&self) -> &State {

@@ -13,6 +13,7 @@ use anyhow::Result;
 
 use super::Engine;
 use crate::exit::Code;
+use crate::host::Status;
 use crate::journal::{Change, Event, OpKind, Outcome};
 
 impl Engine<'_> {
@@ -23,7 +24,23 @@ impl Engine<'_> {
             "a `{}` of {} started at {} by pid {} did not finish; cleaning up after it",
             op.kind, op.release, op.started_at, op.pid
         ));
-        let change = if self.switched_to_a_dead_release() { Change::FlipBack } else { Change::Recover };
+        // What the killed run stopped before it could record it: recorded as stopped now, so that nothing below
+        // keeps or lists an instance that is gone.
+        let gone: Vec<_> = self
+            .state()
+            .previous
+            .iter()
+            .flat_map(|d| d.running())
+            .chain(self.state().backup.iter().cloned())
+            .chain(op.to_stop.iter().cloned())
+            .filter(|i| matches!(self.host.runtime().status(i), Status::Gone | Status::Exited(_)))
+            .collect();
+        self.journal.stopped(&gone)?;
+        let change = if self.switched_to_a_dead_release() {
+            Change::FlipBack
+        } else {
+            Change::Recover { keep_previous: self.cfg.deploy.keep_previous }
+        };
         // Starts recorded only as intended (no pid yet) are leftovers too: the runtime finds their processes by
         // marker.
         let applied = self.apply_with(change, op.upstream_touched)?;

@@ -153,6 +153,11 @@ impl FakeHost {
     }
 }
 
+/// `server ADDR:PORT ...;` lines of an upstream file that may take traffic (all but `down` ones).
+pub fn listed_ports(text: &str) -> Vec<u16> {
+    servers(text).into_iter().filter(|(_, _, flags)| !flags.contains("down")).map(|(p, _, _)| p).collect()
+}
+
 /// `server ADDR:PORT ...;` lines of an upstream file that take traffic (neither `backup` nor `down`).
 pub fn primary_ports(text: &str) -> Vec<u16> {
     servers(text)

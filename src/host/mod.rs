@@ -91,6 +91,10 @@ pub struct Master {
 pub trait Nginx {
     /// The upstream file on disk, `None` when there is none.
     fn read_upstream(&self) -> Result<Option<String>>;
+    /// Why the upstream file cannot be written where it is configured (its directory is missing), if so.
+    fn upstream_dir_problem(&self) -> Option<String> {
+        None
+    }
     /// Replace the upstream file atomically (temp file nginx's include globs cannot match, fsync, rename).
     fn write_upstream(&self, text: &str) -> Result<()>;
     /// Put the upstream file back as it was (`None`: remove it).

@@ -15,7 +15,8 @@ pub struct RealHost {
 
 impl RealHost {
     pub fn new(config: &Config) -> RealHost {
-        RealHost { runtime: Box::new(Spawn::new(config)), nginx: RealNginx::new(&config.nginx) }
+        let lock = config.state_base().join("nginx.lock");
+        RealHost { runtime: Box::new(Spawn::new(config)), nginx: RealNginx::new(&config.nginx, Some(lock)) }
     }
 
     pub fn real_nginx(&self) -> &RealNginx {
@@ -53,23 +54,29 @@ impl Host for RealHost {
     }
 }
 
+/// An HTTP agent for probes: no connection reuse (a probe must open a new connection, as nginx does), no
+/// redirects followed, any status returned rather than raised, `timeout` for the whole call.
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .max_idle_connections(0)
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 /// One HTTP probe: `Pass` when the status (and body substring, if configured) match.
 pub fn probe(url: &str, health: &Health) -> Probe {
-    let agent = ureq::AgentBuilder::new().timeout(health.timeout.0).max_idle_connections(0).redirects(0).build();
-    let response = match agent.get(url).call() {
+    let mut response = match agent(health.timeout.0).get(url).call() {
         Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(ureq::Error::Transport(t)) => {
-            let refused = t.kind() == ureq::ErrorKind::ConnectionFailed
-                && std::error::Error::source(&t)
-                    .and_then(|s| s.downcast_ref::<std::io::Error>())
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
-            let reason = format!("GET {url}: {}", transport_reason(&t));
-            return if refused { Probe::Refused(reason) } else { Probe::Error(reason) };
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Probe::Refused(format!("GET {url}: connection refused"))
         }
+        Err(e) => return Probe::Error(format!("GET {url}: {e}")),
     };
-    let status = response.status();
-    let body = response.into_string().unwrap_or_default();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
     if status != health.expect_status.0 {
         return Probe::Wrong(format!(
             "GET {url}: status {status}, expected {}{}",
@@ -83,15 +90,6 @@ pub fn probe(url: &str, health: &Health) -> Probe {
         }
     }
     Probe::Pass
-}
-
-fn transport_reason(t: &ureq::Transport) -> String {
-    let text = t.to_string();
-    // ureq prefixes the URL; keep the part that says what happened.
-    match text.rsplit_once(": ") {
-        Some((_, reason)) if !reason.is_empty() => reason.to_string(),
-        _ => text,
-    }
 }
 
 fn snippet(body: &str) -> String {

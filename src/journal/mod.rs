@@ -40,8 +40,9 @@ pub enum Change {
     /// stop.
     FlipBack,
     /// What a killed run left (instances it started that never served, instances it meant to stop) leaves the
-    /// upstream and is recorded to stop.
-    Recover,
+    /// upstream and is recorded to stop; except, with `keep_previous`, the previous release's instances: what
+    /// the operator keeps stays (listed as backup again, if the killed run had taken it out to reclaim its port).
+    Recover { keep_previous: bool },
     /// Nothing changes but the file (a re-render after a config or template change).
     Rerender,
     /// One step of a rolling or all-at-once deploy (or of its rollback): instances join the fleet and leave it.
@@ -134,7 +135,7 @@ impl Change {
                 state.canary = None;
                 state.rolling = before.rolling;
             }
-            Change::Recover => {
+            Change::Recover { keep_previous } => {
                 let Some(op) = state.in_progress.clone() else { return };
                 let serving = |i: &Instance| {
                     state
@@ -144,13 +145,28 @@ impl Change {
                         .any(|d| d.instances.iter().any(|x| x.same(i)))
                         || state.rolling.as_ref().is_some_and(|r| r.deployment.instances.iter().any(|x| x.same(i)))
                 };
+                let kept_previous = |i: &Instance| {
+                    *keep_previous
+                        && state
+                            .previous
+                            .as_ref()
+                            .is_some_and(|p| p.instances.iter().any(|x| x.same(i) && x.recorded_running()))
+                };
                 let stop: Vec<Instance> = op
                     .started
                     .iter()
                     .chain(op.to_stop.iter())
-                    .filter(|i| !serving(i) && !kept_idle(state, i))
+                    .filter(|i| !serving(i) && !kept_idle(state, i) && !kept_previous(i))
                     .cloned()
                     .collect();
+                for i in op.to_stop.iter().filter(|i| kept_previous(i)) {
+                    if !state.backup.iter().any(|b| b.same(i)) {
+                        state.backup.push(i.clone());
+                    }
+                }
+                if let Some(op) = &mut state.in_progress {
+                    op.to_stop.retain(|i| !kept_previous(i));
+                }
                 state.backup.retain(|b| !stop.iter().any(|s| s.same(b)));
                 // A rolling deploy stays where the run left it, between two batches: its `down` slots stay
                 // recorded (stopped) for the command that resumes it or rolls it back.

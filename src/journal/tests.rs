@@ -89,7 +89,7 @@ fn recovery_schedules_what_never_served_and_what_was_scheduled() {
     intent.marker = Some("shop@8083#x".into());
     op.started.push(intent);
     op.to_stop.push(inst("v0", 8080, 10));
-    Change::Recover.apply(&mut s);
+    Change::Recover { keep_previous: false }.apply(&mut s);
     assert_eq!(to_stop(&s), [("v0".to_string(), 8080), ("v2".to_string(), 8082), ("v2".to_string(), 8083)]);
     assert!(s.backup.is_empty(), "what is to stop leaves the upstream");
     assert_eq!(s.live.as_ref().unwrap().release, "v1");
@@ -117,6 +117,17 @@ fn owned_lists_each_running_instance_once() {
     let s = state();
     let owned: Vec<(&str, u16)> = s.owned().into_iter().map(|(w, i)| (w, i.port)).collect();
     assert_eq!(owned, [("live", 8081), ("backup", 8080)]);
+}
+
+#[test]
+fn recovery_keeps_what_the_operator_keeps() {
+    // A killed reclaim had scheduled the kept previous release to free its port: recovery keeps it, listed again.
+    let mut s = state();
+    Change::Reclaim(vec![inst("v0", 8080, 10)]).apply(&mut s);
+    assert!(s.backup.is_empty());
+    Change::Recover { keep_previous: true }.apply(&mut s);
+    assert!(to_stop(&s).is_empty(), "{:?}", to_stop(&s));
+    assert_eq!(s.backup, vec![inst("v0", 8080, 10)]);
 }
 
 /// v1 live on four ports, nothing previous, a deploy begun.
@@ -246,7 +257,7 @@ fn recovery_of_a_rolling_deploy_stops_its_leftovers_keeps_its_slots_and_records_
     step(vec![inst("v2", 8081, 21)], vec![], Leave::Down, 1).apply(&mut s);
     step(vec![], vec![inst("v1", 8082, 12)], Leave::Down, 1).apply(&mut s);
     s.in_progress.as_mut().unwrap().started.push(inst("v2", 8082, 22));
-    Change::Recover.apply(&mut s);
+    Change::Recover { keep_previous: false }.apply(&mut s);
     assert_eq!(to_stop(&s), [("v1".to_string(), 8082), ("v2".to_string(), 8082)]);
     let r = s.rolling.as_ref().unwrap();
     assert_eq!(r.deployment.ports(), [8081], "what served stays");

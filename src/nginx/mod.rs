@@ -30,13 +30,16 @@ fn not_running(message: String) -> anyhow::Error {
 pub struct RealNginx {
     cfg: config::Nginx,
     binary: PathBuf,
+    /// The host-wide `nginx.lock`: `nginx -T` reads every app's upstream file, so it waits (shared) while another
+    /// app has a candidate on disk (held exclusively from its write to its confirmed reload).
+    lock: Option<PathBuf>,
 }
 
 impl RealNginx {
     /// Resolve the nginx binary. Debian installs it in /usr/sbin, which a non-root PATH often lacks.
-    pub fn new(cfg: &config::Nginx) -> RealNginx {
+    pub fn new(cfg: &config::Nginx, lock: Option<PathBuf>) -> RealNginx {
         let binary = Self::find(cfg).unwrap_or_else(|_| PathBuf::from(&cfg.binary));
-        RealNginx { cfg: cfg.clone(), binary }
+        RealNginx { cfg: cfg.clone(), binary, lock }
     }
 
     /// Where the nginx binary is, or why it cannot be found.
@@ -104,6 +107,12 @@ impl RealNginx {
 
     /// `nginx -T`: the whole config, every included file introduced by `# configuration file PATH:`.
     pub fn dump(&self) -> Result<String> {
+        let _reading = match &self.lock {
+            Some(path) if path.parent().is_some_and(Path::is_dir) => {
+                Some(crate::lock::shared(path, Duration::from_secs(60))?)
+            }
+            _ => None,
+        };
         let out = self.run(&["-T", "-q"])?;
         if !out.status.success() {
             bail!(
@@ -138,13 +147,33 @@ impl RealNginx {
         Ok(text.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_string))
     }
 
+    /// nginx's main config file: `nginx.conf`, else the compiled-in path.
+    fn main_conf(&self) -> Result<PathBuf> {
+        if let Some(c) = &self.cfg.conf {
+            return Ok(c.clone());
+        }
+        let path = PathBuf::from(self.compiled("--conf-path=")?.unwrap_or_else(|| "conf/nginx.conf".into()));
+        Ok(if path.is_relative() { self.prefix()?.join(path) } else { path })
+    }
+
+    /// A main-context directive of the main config file itself (`pid`, `error_log` live there). Read from the
+    /// file rather than `nginx -T`, which would also parse every app's upstream file, another app's half-done
+    /// candidate included.
+    fn main_directive(&self, name: &str) -> Result<Option<String>> {
+        let path = self.main_conf()?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("could not read nginx's config {}", path.display()))?;
+        Ok(dump::main_directive(&format!("# configuration file {}:\n{text}", path.display()), name))
+    }
+
     /// The master's pid file: `nginx.pid_file`, else the main-context `pid` directive, else nginx's built-in one.
     pub fn pid_file(&self) -> Result<PathBuf> {
         if let Some(p) = &self.cfg.pid_file {
             return Ok(p.clone());
         }
-        let dump = self.dump().context("could not read nginx's config to find its pid file (or set nginx.pid_file)")?;
-        let from_conf = dump::main_directive(&dump, "pid");
+        let from_conf = self
+            .main_directive("pid")
+            .context("could not read nginx's config to find its pid file (or set nginx.pid_file)")?;
         let path = match from_conf {
             Some(p) => PathBuf::from(p),
             None => PathBuf::from(self.compiled("--pid-path=")?.unwrap_or_else(|| "logs/nginx.pid".into())),
@@ -229,17 +258,17 @@ impl RealNginx {
         let Some(url) = &self.cfg.confirm_url else { return Ok(()) };
         let started = Instant::now();
         let timeout = self.cfg.confirm_timeout.0;
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(1)).max_idle_connections(0).build();
+        let agent = crate::host::real::agent(Duration::from_secs(1));
         let want = generation.to_string();
         let mut last;
         loop {
             last = match agent.get(&url.0).call() {
-                Ok(r) => match r.into_string() {
+                Ok(mut r) if r.status().is_success() => match r.body_mut().read_to_string() {
                     Ok(body) if body.trim() == want => return Ok(()),
                     Ok(body) => format!("it answered {:?}", body.trim().chars().take(40).collect::<String>()),
                     Err(e) => format!("could not read its answer: {e}"),
                 },
-                Err(ureq::Error::Status(code, _)) => format!("it answered status {code}"),
+                Ok(r) => format!("it answered status {}", r.status().as_u16()),
                 Err(e) => format!("GET failed: {e}"),
             };
             if started.elapsed() >= timeout {
@@ -258,8 +287,7 @@ impl RealNginx {
 
     /// The last lines of nginx's error log, when the config names one cutover can read.
     fn error_log_tail(&self) -> String {
-        let Ok(dump) = self.dump() else { return String::new() };
-        let Some(path) = dump::main_directive(&dump, "error_log") else { return String::new() };
+        let Ok(Some(path)) = self.main_directive("error_log") else { return String::new() };
         let mut path = PathBuf::from(path);
         if path.is_relative() {
             match self.prefix() {
@@ -296,18 +324,24 @@ impl crate::host::Nginx for RealNginx {
         }
     }
 
-    fn write_upstream(&self, text: &str) -> Result<()> {
+    fn upstream_dir_problem(&self) -> Option<String> {
         let path = &self.cfg.upstream_file;
         let dir = path.parent().unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(crate::exit::usage(format!(
+        (!dir.is_dir()).then(|| {
+            format!(
                 "nginx.upstream_file {} is in a directory that does not exist: create {} (and include the file from \
                  nginx's config), or fix nginx.upstream_file",
                 path.display(),
                 dir.display()
-            )));
+            )
+        })
+    }
+
+    fn write_upstream(&self, text: &str) -> Result<()> {
+        if let Some(problem) = self.upstream_dir_problem() {
+            return Err(crate::exit::usage(problem));
         }
-        util::write_atomic(path, text.as_bytes(), 0o644)
+        util::write_atomic(&self.cfg.upstream_file, text.as_bytes(), 0o644)
     }
 
     fn restore_upstream(&self, before: Option<&str>) -> Result<()> {

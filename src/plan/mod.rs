@@ -33,9 +33,22 @@ pub struct Snapshot {
     pub lock_holder: Option<Holder>,
     /// The previous release's instances all run and answer their health check: a rollback can be a flip.
     pub previous_usable: bool,
+    /// Why the upstream file cannot be written (its directory is missing).
+    pub upstream_dir_problem: Option<String>,
+    /// Release directories (`app.release_dir`, or derived from `app.start`) checked, and whether each exists.
+    pub release_dirs: Vec<(String, std::path::PathBuf, bool)>,
 }
 
 impl Snapshot {
+    /// Also look whether `release`'s directory is there (a deploy of an unstaged release is refused).
+    pub fn with_release(mut self, cfg: &Config, release: &str) -> Snapshot {
+        if let Some(dir) = cfg.release_dir(release) {
+            let exists = dir.is_dir();
+            self.release_dirs.push((release.to_string(), dir, exists));
+        }
+        self
+    }
+
     /// Look at the host. Reads only.
     pub fn take(host: &dyn Host, cfg: &Config, state: &State, lock_holder: Option<Holder>) -> Result<Snapshot> {
         let owned = state.owned();
@@ -73,6 +86,8 @@ impl Snapshot {
             upstream_on_disk: host.nginx().read_upstream()?,
             lock_holder,
             previous_usable,
+            upstream_dir_problem: host.nginx().upstream_dir_problem(),
+            release_dirs: Vec::new(),
         })
     }
 
@@ -274,8 +289,25 @@ pub fn resolve(req: &Request, cfg: &Config, state: &State, snap: &Snapshot, rend
             refuse(Refusal::new(Code::Refused, msg));
         }
     }
+    if let Some(p) = &snap.upstream_dir_problem {
+        refuse(Refusal::new(Code::Usage, p.clone()));
+    }
     if let Err(e) = &snap.master {
         refuse(Refusal::new(Code::Nginx, e.clone()));
+    }
+    if let Some((_, dir, _)) = snap.release_dirs.iter().find(|(r, _, exists)| r == req.release.as_str() && !exists) {
+        let reused = req.kind == OpKind::Rollback && snap.previous_usable;
+        if !reused {
+            refuse(Refusal::new(
+                Code::Refused,
+                format!(
+                    "release {} is not on this host: {} does not exist; stage the release there first (or fix \
+                     app.release_dir / app.start)",
+                    req.release,
+                    dir.display()
+                ),
+            ));
+        }
     }
     if let Some(c) = &state.canary {
         refuse(Refusal::new(

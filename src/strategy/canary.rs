@@ -16,10 +16,10 @@ use super::blue_green::{self, end_failed, start_env};
 use super::Switched;
 use crate::config::{Interval, Sticky};
 use crate::engine::flip::is_unsettled;
-use crate::engine::Engine;
+use crate::engine::{Done, Engine, Moved, OpMeta};
 use crate::exit::{self, Code, Failure, Returned};
 use crate::host::{Host, Status};
-use crate::journal::{CanaryState, Change, Deployment, Instance};
+use crate::journal::{CanaryState, Change, Deployment, Instance, OpKind, Outcome};
 use crate::nginx::dump;
 use crate::plan::Plan;
 use crate::upstream::Names;
@@ -347,4 +347,71 @@ pub fn describe_split(cfg: &crate::config::Config) -> String {
         parts.push(format!("header {h} forces the canary"));
     }
     parts.join(", ")
+}
+
+fn need_canary(eng: &Engine) -> Result<CanaryState> {
+    eng.state().canary.clone().ok_or_else(|| {
+        exit::refused(
+            "no canary is running for this app (start one with `cutover deploy --release R --strategy canary`)",
+        )
+    })
+}
+
+fn meta(kind: OpKind, release: &str) -> OpMeta {
+    OpMeta { kind, release: release.to_string(), strategy: Some(super::Strategy::Canary) }
+}
+
+/// `cutover promote` as one operation: the next step, or past the last one the switch. `None`: still a canary.
+pub fn promote(eng: &mut Engine) -> Result<Option<Switched>> {
+    let c = need_canary(eng)?;
+    let to = c.next_step().filter(|&(_, pct)| pct < 100);
+    let release = c.deployment.release.clone();
+    eng.run(&meta(OpKind::Promote, &release), |e| {
+        e.begin(OpKind::Promote, &release, Some(super::Strategy::Canary))?;
+        let r = match to {
+            Some((next, pct)) => {
+                e.progress.note(format!("promoting canary {release} from {}% to {pct}%", c.weight));
+                set_weight(e, pct, Some(next))
+                    .and_then(|()| e.journal.done())
+                    .map(|()| Done::with(None, Moved::Nothing, Outcome::CanaryStep))
+            }
+            None => finish(e).map(|s| Done::forward(Some(s))),
+        };
+        if let Err(err) = &r {
+            end_failed(e, err)?;
+        }
+        r
+    })
+}
+
+/// `cutover abort` (or `rollback` during a canary, `kind`) as one operation. Returns the stopped instances.
+pub fn abort_op(eng: &mut Engine, kind: OpKind) -> Result<Vec<Instance>> {
+    let c = need_canary(eng)?;
+    let release = c.deployment.release.clone();
+    eng.progress.note(format!("aborting canary {release} at {}%", c.weight));
+    // Not "ok": an aborted canary was never the live release, so `rollback --to` must not offer it.
+    eng.run(&meta(kind, &release), |e| {
+        e.begin(kind, &release, Some(super::Strategy::Canary))?;
+        let r = abort(e);
+        if let Err(err) = &r {
+            end_failed(e, err)?;
+        }
+        r.map(|s| Done::with(s, Moved::Back, Outcome::Aborted))
+    })
+}
+
+/// `cutover canary set PCT` as one operation.
+pub fn set_op(eng: &mut Engine, percent: u8) -> Result<()> {
+    let c = need_canary(eng)?;
+    let step = c.steps.iter().position(|&s| s == percent);
+    let release = c.deployment.release.clone();
+    eng.progress.note(format!("setting canary {release} from {}% to {percent}%", c.weight));
+    eng.run(&meta(OpKind::CanarySet, &release), |e| {
+        e.begin(OpKind::CanarySet, &release, Some(super::Strategy::Canary))?;
+        let r = set_weight(e, percent, step).and_then(|()| e.journal.done());
+        if let Err(err) = &r {
+            end_failed(e, err)?;
+        }
+        r.map(|()| Done::with((), Moved::Nothing, Outcome::CanaryStep))
+    })
 }

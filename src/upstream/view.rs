@@ -24,7 +24,10 @@ pub struct Names {
 
 impl Names {
     pub fn of(config: &Config) -> Names {
-        let app = config.app.name.as_str();
+        Names::for_app(config.app.name.as_str())
+    }
+
+    pub fn for_app(app: &str) -> Names {
         let vars = format!("cutover_{}", app.replace('-', "_"));
         Names {
             upstream: app.to_string(),
