@@ -495,6 +495,7 @@ fn check_reports_each_item_with_a_fix() {
         "nginx config",
         "canary setup",
         "state dir",
+        "strategy",
         "ports",
         "ephemeral ports",
         "state shared",
@@ -528,9 +529,9 @@ fn check_reports_each_item_with_a_fix() {
     assert_eq!(code, 8);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["ready"], false);
-    // Fourteen items, two trust items (the config and the upstream file), and the runtime's four: which runtime,
-    // the app's account, free space for state and for logs.
-    assert_eq!(j["items"].as_array().unwrap().len(), 20);
+    // Fifteen items (with the strategy's), two trust items (the config and the upstream file), and the runtime's
+    // four: which runtime, the app's account, free space for state and for logs.
+    assert_eq!(j["items"].as_array().unwrap().len(), 21);
     drop(holder);
 }
 
@@ -729,13 +730,14 @@ fn redeploying_the_live_release_restarts_it_and_keeps_the_previous_release() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("(still running: flip only)"), "{err}");
     assert_eq!(env.serving(), "v1");
-    // A strategy that is not built yet is refused before anything runs.
+    // A rolling deploy replaces in place: the kept previous release (v2) is stopped first, not kept.
+    let v2 = env.state()["previous"]["instances"][0]["pid"].as_i64().unwrap() as i32;
     let (code, _, err) = env.run(&["deploy", "--release", "v3", "--strategy", "rolling"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("strategy rolling is not available in this version of cutover; use blue-green or canary"),
-        "{err}"
-    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("deploy.keep_previous does not apply to --strategy rolling"), "{err}");
+    assert_eq!(env.serving(), "v3");
+    assert!(!pid_alive(v2));
+    assert_eq!(env.state()["previous"]["release"], "v1");
 }
 
 #[test]

@@ -365,10 +365,8 @@ fn automatic_canary_without_the_access_log_is_refused_before_anything_starts() {
 #[test]
 fn check_fails_a_canary_default_without_the_access_log_and_passes_with_it() {
     for (access_log, code) in [(false, 8), (true, 0)] {
-        let env = Env::with(Opts { access_log, extra: canary_section("1s", ""), ..Opts::default() });
-        let cfg =
-            std::fs::read_to_string(&env.config).unwrap().replace("[deploy]\n", "[deploy]\nstrategy = \"canary\"\n");
-        env.write_config(&cfg);
+        let env =
+            Env::with(Opts { access_log, strategy: "canary", extra: canary_section("1s", ""), ..Opts::default() });
         let (c, out, _) = env.run(&["check"]);
         assert_eq!(c, code, "{out}");
         if access_log {

@@ -7,6 +7,8 @@
 //! - nginx serves exactly the upstream state records, and routes only to instances that run;
 //! - nothing cutover started runs unrecorded, and no operation is left open;
 //! - a previous release kept running (`deploy.keep_previous`) still runs;
+//! - a rolling deploy left between batches has lost no slot and is recorded paused; resolved by a rollback or by
+//!   deploying its release again, the whole fleet runs one release;
 //! - a second recovery changes nothing, and the next deploy works.
 //!
 //! End-to-end kill tests on a real nginx stay for the few points that matter most (tests/blue_green.rs).
@@ -16,13 +18,13 @@ use std::sync::Once;
 
 use anyhow::Result;
 use cutover::config::Config;
-use cutover::engine::Engine;
+use cutover::engine::{Done, Engine, OpMeta};
 use cutover::host::fake::{listed_ports, Crash, FakeHost};
 use cutover::journal::{OpKind, State, Store};
 use cutover::lock::Lock;
 use cutover::output::Progress;
 use cutover::plan::Request;
-use cutover::strategy::{self, canary, Strategy};
+use cutover::strategy::{self, canary, rolling, Strategy};
 
 /// A fake host and the config of one app on it.
 struct Rig {
@@ -45,6 +47,10 @@ fn quiet_crashes() {
 
 impl Rig {
     fn new(pool: usize, keep_previous: bool, extra: &str) -> Rig {
+        Rig::with(pool, keep_previous, 1, "blue-green", extra)
+    }
+
+    fn with(pool: usize, keep_previous: bool, instances: u32, strategy: &str, extra: &str) -> Rig {
         quiet_crashes();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<String> = (0..pool).map(|k| (9001 + k).to_string()).collect();
@@ -65,6 +71,8 @@ deadline = "5s"
 upstream_file = "shop.upstream.conf"
 
 [deploy]
+strategy = "{strategy}"
+instances = {instances}
 keep_previous = {keep_previous}
 state_dir = "state"
 verify = "1s"
@@ -116,6 +124,13 @@ log_dir = "logs"
         canary::abort_op(&mut eng, OpKind::Abort).map(|_| ())
     }
 
+    /// `cutover rollback` (and `cutover recover`) while a rolling deploy is stopped part-way.
+    fn roll_back(&self) -> Result<()> {
+        let (_lock, mut eng) = self.open("rollback")?;
+        let meta = OpMeta { kind: OpKind::Rollback, release: "v1".into(), strategy: Some(Strategy::Rolling) };
+        eng.run(&meta, |e| rolling::roll_back(e).map(Done::back)).map(|_| ())
+    }
+
     fn recover(&self) -> bool {
         self.open("recover").expect("recovery failed").1.recovered
     }
@@ -142,7 +157,12 @@ log_dir = "logs"
         assert_eq!(s.upstream, w.disk, "{what}: state records what nginx serves");
         let alive: Vec<(u16, String)> =
             w.procs.values().filter(|p| p.alive).map(|p| (p.port, p.release.clone())).collect();
+        // All at once: nginx itself answers the maintenance page on its port while no instance runs.
+        let maintenance = s.rolling.as_ref().and_then(|r| r.maintenance);
         for port in serving.as_deref().map(listed_ports).unwrap_or_default() {
+            if Some(port) == maintenance {
+                continue;
+            }
             assert!(alive.iter().any(|(p, _)| *p == port), "{what}: nginx lists port {port}, where nothing runs");
         }
         let owned: Vec<(u16, String)> = s.owned().into_iter().map(|(_, i)| (i.port, i.release.clone())).collect();
@@ -151,6 +171,14 @@ log_dir = "logs"
         }
         for o in &owned {
             assert!(alive.contains(o), "{what}: state records {o:?} as running, but it does not run");
+        }
+        // A rolling deploy left between batches: no slot lost (each of the N is live, rolled out, or taken out
+        // and recorded to be refilled), and recorded as paused for `deploy`, `rollback` or `recover` to resolve.
+        if let Some(r) = &s.rolling {
+            let live = s.live.as_ref().map(|l| l.instances.len()).unwrap_or(0);
+            let n = live + r.deployment.instances.len() + r.down.len();
+            assert_eq!(n, self.cfg.deploy.instances.0 as usize, "{what}: the fleet lost a slot: {r:?}");
+            assert!(r.paused.is_some(), "{what}: a rolling deploy nobody drives is not recorded paused");
         }
         if self.cfg.deploy.keep_previous && !reclaimed {
             if let (Some(p), Some(l)) = (&s.previous, &s.live) {
@@ -222,7 +250,25 @@ fn every_crash_point(
         if r.state().canary.is_some() {
             r.abort().unwrap_or_else(|e| panic!("{label}: abort after recovery: {e:#}"));
         }
-        r.deploy("v9", Strategy::BlueGreen).unwrap_or_else(|e| panic!("{label}: deploy after recovery: {e:#}"));
+        if let Some(rolled) = r.state().rolling {
+            // A rolling deploy left between batches is resolved first: every other crash point by a rollback
+            // (what `recover` does), the others by deploying the same release again (a resume). Either way the
+            // whole fleet runs one release after.
+            let (how, release) = if k % 2 == 1 {
+                (r.roll_back(), r.state().live.map(|l| l.release).unwrap_or_default())
+            } else {
+                (r.deploy(&rolled.deployment.release, rolled.strategy), rolled.deployment.release.clone())
+            };
+            how.unwrap_or_else(|e| panic!("{label}: resolving the rolling deploy: {e:#}"));
+            r.check(&format!("{label}, then resolved"), true);
+            let s = r.state();
+            let live = s.live.expect("live after a rolling deploy");
+            assert!(s.rolling.is_none(), "{label}: still rolling after it was resolved");
+            assert_eq!(live.release, release, "{label}");
+            assert_eq!(live.running().len(), r.cfg.deploy.instances.0 as usize, "{label}: not a whole fleet");
+        }
+        let strategy = r.cfg.deploy.strategy;
+        r.deploy("v9", strategy).unwrap_or_else(|e| panic!("{label}: deploy after recovery: {e:#}"));
         r.check(&format!("{label}, then a deploy"), true);
     }
     println!("crash points: {name}: {n}, all recovered");
@@ -321,4 +367,73 @@ fn automatic_canary_to_live() {
     };
     let live = |r: &Rig| r.deploy("v1", Strategy::BlueGreen).unwrap();
     every_crash_point("automatic canary", rig, live, |r| r.deploy("v2", Strategy::Canary), true);
+}
+
+/// Four instances: rolling with surge (5 ports) and without (4), all at once (5: one for the maintenance answer).
+fn fleet<'a>(pool: usize, strategy: &'a str, rolling: &'a str) -> impl Fn() -> Rig + 'a {
+    move || Rig::with(pool, false, 4, strategy, &format!("\n[rolling]\n{rolling}\n"))
+}
+
+#[test]
+fn rolling_deploys_with_and_without_surge_and_all_at_once() {
+    let live = |r: &Rig| r.deploy("v1", Strategy::Rolling).unwrap();
+    every_crash_point(
+        "rolling, surge",
+        fleet(5, "rolling", "surge = true"),
+        live,
+        |r| r.deploy("v2", Strategy::Rolling),
+        true,
+    );
+    every_crash_point(
+        "rolling, no surge",
+        fleet(4, "rolling", "surge = false"),
+        live,
+        |r| r.deploy("v2", Strategy::Rolling),
+        true,
+    );
+    every_crash_point("all at once", fleet(5, "all-at-once", ""), live, |r| r.deploy("v2", Strategy::AllAtOnce), true);
+}
+
+#[test]
+fn failed_rolling_batches_roll_back_or_pause_at_every_point() {
+    let live = |r: &Rig| r.deploy("v1", Strategy::Rolling).unwrap();
+    // nginx rejects the third batch (surge batches start on 9005, 9001, 9002): batches 1 and 2 roll back.
+    let third = |r: &Rig| {
+        r.host.world.borrow_mut().reject_containing = Some("127.0.0.1:9002;  # v2".into());
+        r.deploy("v2", Strategy::Rolling)
+    };
+    every_crash_point(
+        "rolling, batch 3 rejected, rolled back",
+        fleet(5, "rolling", "surge = true"),
+        live,
+        third,
+        false,
+    );
+    let pause = "surge = true\non_failure = \"pause\"";
+    every_crash_point("rolling, batch 3 rejected, paused", fleet(5, "rolling", pause), live, third, false);
+    let unhealthy = |r: &Rig| {
+        r.host.world.borrow_mut().unhealthy.push("v2".into());
+        r.deploy("v2", Strategy::AllAtOnce)
+    };
+    every_crash_point(
+        "all at once, unhealthy: the old release restarted",
+        fleet(5, "all-at-once", ""),
+        live,
+        unhealthy,
+        false,
+    );
+    // Paused with three batches in (the fourth rejected), then rolled back.
+    let at_pause = |r: &Rig| {
+        live(r);
+        r.host.world.borrow_mut().reject_containing = Some("127.0.0.1:9003;  # v2".into());
+        assert!(r.deploy("v2", Strategy::Rolling).is_err());
+        r.host.world.borrow_mut().reject_containing = None;
+    };
+    every_crash_point(
+        "rollback of a paused rolling deploy",
+        fleet(5, "rolling", pause),
+        at_pause,
+        |r| r.roll_back(),
+        true,
+    );
 }

@@ -10,6 +10,9 @@ the whole of each phase. Phases, in order:
     floor     N plain `nginx -s reload` + 300 ms, no deploy (what nginx itself costs a keep-alive client)
     cutover   K rollbacks (deploy.keep_previous = true, so a rollback is a flip), then S x `cutover status`
     cutover   C canaries stepped to 100 % (`--strategy canary`; skipped with --skip-canary)
+    cutover   F rolling deploys of a 4-instance app ("fleet", its own server block and wrk run), with surge and
+              without (batch 1), then F all-at-once deploys (not zero-downtime: nginx answers 503 + Retry-After
+              while nothing runs; the 503s and cutover's downtime_ms are reported); skipped with --skip-fleet
   cutover   L deploys with long requests and slow uploads in flight at each flip (examples/bench/longreq.py)
   baseline  examples/bench/baseline/switch.sh takes over the same nginx, then for each client mode N deploys
             under the same wrk load, then L deploys with long requests in flight
@@ -143,8 +146,13 @@ class Bench:
         self.access_log = os.path.join(self.prefix, "logs", "bench.cutover.log")
         self.error_log = os.path.join(self.prefix, "logs", "error.log")
         self.config = os.path.join(self.dir, "cutover.toml")
-        ports = free_ports(6, set())
+        ports = free_ports(13, set())
         self.nginx_port, self.pool, self.base_ports = ports[0], ports[1:4], ports[4:6]
+        # The fleet: a second app of 4 instances behind its own server block, for rolling and all at once.
+        self.fleet_port, self.fleet_pool = ports[6], ports[7:13]
+        self.fleet_config = os.path.join(self.dir, "fleet.toml")
+        self.fleet_upstream = os.path.join(self.prefix, "conf", "fleet.upstream.conf")
+        self.fleet_log = os.path.join(self.prefix, "logs", "fleet.cutover.log")
         self.children = {}  # pid -> (description, is group leader)
         self.release_n = 0
         self.phases = []
@@ -223,6 +231,43 @@ access_log = "{self.access_log}"
         with open(self.config, "w") as f:
             f.write(text)
 
+    def write_fleet_config(self, strategy, surge):
+        pool = ", ".join(str(p) for p in self.fleet_pool)
+        text = f"""# written by examples/bench/bench.py: the 4-instance app of the rolling and all-at-once phases
+[app]
+name = "fleet"
+start = "exec python3 {FIXTURE} --port {{{{port}}}} --release {{{{release}}}}"
+stop_timeout = "10s"
+
+[ports]
+pool = [{pool}]
+bind = "127.0.0.1"
+
+[health]
+deadline = "30s"
+
+[nginx]
+upstream_file = "{self.fleet_upstream}"
+prefix = "{self.prefix}"
+conf = "conf/nginx.conf"
+
+[deploy]
+strategy = "{strategy}"
+instances = 4
+drain_timeout = "30s"
+verify = "{self.a.fleet_verify}"
+state_dir = "{os.path.join(self.dir, "state")}"
+
+[rolling]
+batch = 1
+surge = {"true" if surge else "false"}
+
+[maintenance]
+retry_after = "5s"
+"""
+        with open(self.fleet_config, "w") as f:
+            f.write(text)
+
     def start_nginx(self):
         v = version_tuple(self.machine["nginx"])
         self.keepalive_min_timeout = v >= (1, 27, 4)
@@ -241,10 +286,16 @@ events {{ worker_connections 1024; }}
 http {{
     access_log off;
     include {self.upstream};
+    include {self.fleet_upstream};
     server {{
         listen 127.0.0.1:{self.nginx_port};
         access_log {self.access_log} cutover_bench;
 {extra}        location / {{ proxy_pass http://bench; }}
+    }}
+    server {{
+        listen 127.0.0.1:{self.fleet_port};
+        access_log {self.fleet_log} cutover_fleet;
+{extra}        location / {{ proxy_pass http://fleet; }}
     }}
 }}
 """
@@ -258,6 +309,12 @@ http {{
         if "log_format cutover_bench" not in r["stdout"]:
             raise SystemExit("the upstream file cutover renders has no `log_format cutover_bench`; this bench "
                              "needs a cutover that defines it (the site's access_log uses it)")
+        self.write_fleet_config("rolling", True)
+        r = self.cutover("render", config=self.fleet_config)
+        if r["code"] != 0:
+            raise SystemExit("cutover render (fleet) failed:\n" + r["stderr"])
+        with open(self.fleet_upstream, "w") as f:
+            f.write(r["stdout"])
         st = subprocess.run(self.nginx_cmd(), capture_output=True, text=True)
         if st.returncode != 0:
             raise SystemExit("could not start the bench nginx:\n" + st.stderr)
@@ -285,13 +342,13 @@ http {{
         self.release_n += 1
         return "%s%d" % (prefix, self.release_n)
 
-    def cutover(self, *args, timeout=120):
+    def cutover(self, *args, timeout=120, config=None):
         env = dict(os.environ)
         env.pop("CUTOVER_CONFIG", None)
         t = time.monotonic()
         start_unix = time.time()
         try:
-            p = subprocess.run([self.cutover_bin, "-c", self.config, *args], capture_output=True, text=True,
+            p = subprocess.run([self.cutover_bin, "-c", config or self.config, *args], capture_output=True, text=True,
                                timeout=timeout, env=env)
             code, out, err = p.returncode, p.stdout, p.stderr
         except subprocess.TimeoutExpired as e:
@@ -307,19 +364,25 @@ http {{
         return {"code": code, "stdout": out, "stderr": err, "wall_ms": round(wall, 1), "json": doc,
                 "start_unix": start_unix, "end_unix": time.time()}
 
-    def state_pids(self):
+    def state_pids(self, app="bench"):
         try:
-            with open(os.path.join(self.dir, "state", "bench", "state.json")) as f:
+            with open(os.path.join(self.dir, "state", app, "state.json")) as f:
                 s = json.load(f)
         except (OSError, ValueError):
             return []
         pids = []
-        for d in (s.get("live"), s.get("previous"), (s.get("canary") or {}).get("deployment")):
+        rolling = s.get("rolling") or {}
+        for d in (s.get("live"), s.get("previous"), (s.get("canary") or {}).get("deployment"),
+                  rolling.get("deployment"), {"instances": rolling.get("down") or []}):
             for i in (d or {}).get("instances", []):
                 if i.get("pid"):
                     pids.append(i["pid"])
-        for i in (s.get("in_progress") or {}).get("started", []) or []:
-            if isinstance(i, dict) and i.get("pid"):
+        for key in ("started", "to_stop"):
+            for i in (s.get("in_progress") or {}).get(key, []) or []:
+                if isinstance(i, dict) and i.get("pid"):
+                    pids.append(i["pid"])
+        for i in s.get("backup") or []:
+            if i.get("pid"):
                 pids.append(i["pid"])
         return pids
 
@@ -337,14 +400,14 @@ http {{
 
     # ---------------------------------------------------------------- wrk
 
-    def start_wrk(self, mode, secs, label):
+    def start_wrk(self, mode, secs, label, port=None):
         secs = max(10, int(min(secs, self.time_left() + 30)))
         out = os.path.join(self.dir, "wrk", label + ".out")
         cmd = ["wrk", "-t", str(self.a.threads), "-c", str(self.a.connections), "-d", "%ds" % secs,
                "--timeout", self.a.wrk_timeout, "-s", LUA]
         if mode == "close":
             cmd += ["-H", "Connection: close"]
-        cmd.append("http://127.0.0.1:%d/" % self.nginx_port)
+        cmd.append("http://127.0.0.1:%d/" % (port or self.nginx_port))
         f = open(out, "w")
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         f.close()
@@ -377,14 +440,15 @@ http {{
 
     # ---------------------------------------------------------------- evidence
 
-    def collect_logs(self, windows, wrk_stop=None):
+    def collect_logs(self, windows, wrk_stop=None, access_log=None):
         """Non-2xx lines of the JSON access log since the last call (then truncated), and the new error-log
         lines at warn level and above. windows: [(label, start_unix, end_unix)] to attribute each line;
         wrk_stop: when wrk was told to stop (a 499 after it is wrk closing its connections, not a loss)."""
         bad, by = [], {}
         windows = sorted(windows, key=lambda w: w[1])
+        access_log = access_log or self.access_log
         try:
-            with open(self.access_log) as f:
+            with open(access_log) as f:
                 for line in f:
                     if '"status":"200"' in line:
                         continue
@@ -409,7 +473,7 @@ http {{
                         d["when"] = where
                         d["operation"] = op
                         bad.append(d)
-            open(self.access_log, "w").close()  # nginx appends (O_APPEND): truncating is safe
+            open(access_log, "w").close()  # nginx appends (O_APPEND): truncating is safe
         except OSError:
             pass
         errors, counts, reloads = [], {}, 0
@@ -596,6 +660,62 @@ http {{
                           ok_ops=ok, wrk=res, wrk_cmd=cmd, wrk_ended_early=early, evidence=ev)
         self.write_config(keep_previous=False)
 
+    def fleet_deploy(self, mode, strategy):
+        rel = self.next_release("f")
+        r = self.cutover("deploy", "--release", rel, "--strategy", strategy, "--json", timeout=300,
+                         config=self.fleet_config)
+        rec = {"kind": strategy, "mode": mode, "release": rel, "code": r["code"], "wall_ms": r["wall_ms"],
+               "start_unix": r["start_unix"], "end_unix": r["end_unix"], "stderr": r["stderr"][-3000:]}
+        d = r["json"]
+        if r["code"] != 0 or not d:
+            log("cutover deploy (fleet, %s) %s exited %d: %s" % (strategy, rel, r["code"],
+                                                                  r["stderr"].strip().splitlines()[-1:]))
+        if d:
+            rec["steps"] = [[st["name"], st["ms"]] for st in d.get("steps", [])]
+            rec["total_ms"] = d.get("total_ms")
+            rec["downtime_ms"] = d.get("downtime_ms")
+        self.deploys.append(rec)
+        return rec
+
+    def fleet_phase(self, mode, strategy, surge, what):
+        """F deploys of the 4-instance fleet app under their own wrk run."""
+        if self.a.skip_fleet:
+            return
+        self.write_fleet_config(strategy, surge)
+        n = self.a.fleet_deploys
+        w = self.start_wrk(mode, n * 40 + 20, "fleet-%s-%s-%s" % (strategy, "surge" if surge else "nosurge", mode),
+                           port=self.fleet_port)
+        recs = []
+        for i in range(n):
+            if self.time_left() < 90:
+                self.notes.append("time budget: fleet %s (%s) stopped after %d" % (what, mode, i))
+                break
+            recs.append(self.fleet_deploy(mode, strategy))
+            time.sleep(self.a.gap)
+        res, early, cmd = self.stop_wrk(w)
+        ev = self.collect_logs([("%s %s" % (strategy, r["release"]), r["start_unix"], r["end_unix"]) for r in recs],
+                               self.wrk_stop_unix, access_log=self.fleet_log)
+        self.record_phase(tool="cutover", mode=mode, what="%d %s" % (len(recs), what), ops=len(recs),
+                          ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=res, wrk_cmd=cmd,
+                          wrk_ended_early=early, evidence=ev, strategy=strategy,
+                          downtime_ms=[r.get("downtime_ms") for r in recs if r.get("downtime_ms") is not None])
+
+    def fleet(self, mode):
+        if self.a.skip_fleet:
+            return
+        if not getattr(self, "fleet_live", False):
+            self.write_fleet_config("rolling", True)
+            r = self.cutover("deploy", "--release", self.next_release("f"), "--json", timeout=120,
+                             config=self.fleet_config)
+            if r["code"] != 0:
+                self.notes.append("fleet: the first deploy failed: " + r["stderr"][-500:])
+                return
+            self.fleet_live = True
+            self.collect_logs([], access_log=self.fleet_log)
+        self.fleet_phase(mode, "rolling", True, "rolling deploys, 4 instances, surge, batch 1")
+        self.fleet_phase(mode, "rolling", False, "rolling deploys, 4 instances, no surge, batch 1")
+        self.fleet_phase(mode, "all-at-once", False, "all-at-once deploys, 4 instances")
+
     def long_client(self):
         a = self.a
         cmd = [sys.executable, LONGREQ, "--port", str(self.nginx_port), "--slow", str(a.long_slow),
@@ -730,6 +850,7 @@ http {{
             self.floor(mode)
             self.rollbacks(mode)
             self.canaries(mode)
+            self.fleet(mode)
         self.long_phase("cutover")
         self.baseline_takeover()
         for mode, _ in MODES:
@@ -739,7 +860,7 @@ http {{
     def cleanup(self):
         for pid, (desc, group) in list(self.children.items()):
             signal_pid(pid, signal.SIGKILL, group)
-        for pid in self.state_pids() + self.baseline_pids():
+        for pid in self.state_pids() + self.state_pids("fleet") + self.baseline_pids():
             stop_pid(pid, group=True, grace=3)
         pid = getattr(self, "nginx_pid", None)
         if pid and pid_alive(pid):
@@ -784,6 +905,10 @@ http {{
                                                      if b["mode"] == m and b["code"] == 0]) for m, _ in MODES}},
             "long_mode_switch_ms": {"all": stats([d.get("switch_ms") for d in self.deploys
                                                   if d["mode"] == "long" and d["code"] == 0])},
+            "rolling_wall_ms": block("wall_ms", [d for d in self.deploys if d["kind"] == "rolling"
+                                                 and d["code"] == 0]),
+            "all_at_once_downtime_ms": block("downtime_ms", [d for d in self.deploys if d["kind"] == "all-at-once"
+                                                             and d["code"] == 0]),
         }
         return t
 
@@ -815,6 +940,11 @@ http {{
                  "2.5 s), no wrk; failed = connection error or non-2xx; 'in flight' = started before the flip and "
                  "ended after it" % (a.long_slow, a.long_uploads))
         L.append("- canary phase: %s" % self.canary_state)
+        if not a.skip_fleet:
+            L.append("- fleet phases: a second app of 4 instances behind its own server block and wrk run; rolling "
+                     "batch 1 with surge (5 pool ports) and without (in place), deploy.verify %s per batch; all at "
+                     "once with maintenance.retry_after 5s (not zero-downtime: 503s expected while nothing runs)"
+                     % a.fleet_verify)
         L.append("")
         L.append("| tool | client mode | what | ops ok | nginx reloads | requests | non-2xx | socket errors "
                  "connect/read/write/timeout | long completed/failed (in flight at flip) |")
@@ -857,6 +987,9 @@ http {{
             ("cutover deploy wall time (start -> old release stopped)", "cutover_deploy_wall_ms"),
             ("cutover canary wall time (steps 10/50/100, 1 s holds)", "canary_wall_ms"),
             ("baseline switch.sh wall time (for comparison)", "baseline_switch_wall_ms"),
+            ("rolling deploy wall time (4 instances, batch 1, surge and not; deploy.verify %s per batch)"
+             % a.fleet_verify, "rolling_wall_ms"),
+            ("all-at-once downtime_ms: nothing served (4 instances; cutover's measure)", "all_at_once_downtime_ms"),
         ]
         for label, k in rows:
             v = t[k]
@@ -886,6 +1019,19 @@ http {{
                     f.get("wrk") else 0
                 L.append("- %s, all cutover phases: %d socket errors over %d nginx reloads (%.2f per reload); "
                          "floor: %.2f per reload" % (name, e, r, e / r if r else 0, fe / fr if fr else 0))
+        for p in self.phases:
+            if p.get("strategy") == "all-at-once":
+                by = {}
+                for k, v in p["evidence"]["non_2xx_by"].items():
+                    if "wrk being stopped" not in k:
+                        by[k.split()[0]] = by.get(k.split()[0], 0) + v
+                ws = (p.get("wrk") or {}).get("by_status", {})
+                L.append("- all at once (%s) is not zero-downtime: wrk saw non-2xx by status %s; nginx's access "
+                         "log: %s (503 = the maintenance answer with Retry-After; a 502 would be a loss); "
+                         "downtime_ms per deploy %s" % (
+                             names[p["mode"]], json.dumps(ws, sort_keys=True) if ws else "{}",
+                             ", ".join("%s x%d" % kv for kv in sorted(by.items())) or "none",
+                             p.get("downtime_ms")))
         if not self.keepalive_min_timeout:
             L.append("- why keep-alive clients see read errors at all: at every reload, ~100 ms after the SIGHUP, "
                      "nginx < 1.27.4 tells its old workers to quit and they close their idle keep-alive connections "
@@ -894,7 +1040,7 @@ http {{
                      "or the app. `python3 examples/bench/keepalive_diag.py` times each one against the reloads.")
         lost = []
         for p in self.phases:
-            if p["tool"] != "cutover":
+            if p["tool"] != "cutover" or p.get("strategy") == "all-at-once":
                 continue
             w = p.get("wrk") or {}
             e = w.get("errors", {})
@@ -939,6 +1085,10 @@ def main():
     p.add_argument("--canaries", type=int, default=5)
     p.add_argument("--status-runs", type=int, default=10, help="cutover status runs per client mode")
     p.add_argument("--long-deploys", type=int, default=5)
+    p.add_argument("--fleet-deploys", type=int, default=5,
+                   help="rolling (surge, no surge) and all-at-once deploys of the 4-instance app, per client mode")
+    p.add_argument("--fleet-verify", default="1s", help="deploy.verify of the 4-instance app (per rolling batch)")
+    p.add_argument("--skip-fleet", action="store_true", help="skip the rolling and all-at-once phases")
     p.add_argument("--long-slow", type=int, default=3, help="GET /slow?ms=3000 per long-mode deploy")
     p.add_argument("--long-uploads", type=int, default=2, help="slow uploads per long-mode deploy")
     p.add_argument("--threads", type=int, default=2, help="wrk -t")
@@ -948,7 +1098,7 @@ def main():
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before the first deploy of a phase")
     p.add_argument("--cooldown", type=float, default=1.0, help="seconds of load after the last one")
     p.add_argument("--baseline-sleep", type=float, default=2, help="switch.sh's fixed sleep before polling")
-    p.add_argument("--max-secs", type=float, default=540, help="time budget; phases stop early past it")
+    p.add_argument("--max-secs", type=float, default=900, help="time budget; phases stop early past it")
     p.add_argument("--build-secs", type=float, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default=RESULTS, help="directory for latest.md and latest.json")
     a = p.parse_args()

@@ -94,14 +94,14 @@ pub fn run(setup: &Setup, args: CanaryArgs, json: bool) -> Result<Code> {
     Ok(Code::Ok)
 }
 
-/// `cutover rollback` while a rolling deploy is paused: every replaced instance back to the old release.
+/// `cutover rollback` (or `recover`) while a rolling deploy is stopped part-way: every replaced instance back to
+/// the old release.
 pub fn rolling_back(setup: &Setup, eng: &mut Engine, json: bool) -> Result<Code> {
     let r = eng.state().rolling.clone().expect("checked by the caller");
-    let from = eng.live_release();
-    let s = eng.run(
-        &OpMeta { kind: OpKind::Rollback, release: r.deployment.release.clone(), strategy: Some(Strategy::Rolling) },
-        |e| rolling::roll_back(e).map(Done::back),
-    )?;
-    super::deploy::report(setup, eng, OpKind::Rollback, Strategy::Rolling, &s, from, json)?;
+    let old = eng.live_release().unwrap_or_default();
+    let s = eng.run(&OpMeta { kind: OpKind::Rollback, release: old, strategy: Some(r.strategy) }, |e| {
+        rolling::roll_back(e).map(Done::back)
+    })?;
+    super::deploy::report(setup, eng, OpKind::Rollback, r.strategy, &s, Some(r.deployment.release), json)?;
     Ok(Code::Ok)
 }

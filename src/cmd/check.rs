@@ -12,6 +12,7 @@ use crate::exit::Code;
 use crate::nginx::{dump, RealNginx};
 use crate::plan::ports::PortUse;
 use crate::plan::Snapshot;
+use crate::strategy::Strategy;
 
 #[derive(Serialize)]
 struct Item {
@@ -127,9 +128,18 @@ pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
         }
         Err(e) => items.push(item("upstream included", false, format!("{e:#}"), "fix nginx's config first")),
     }
-    // Canary analysis and sticky routing need the site's cooperation; only a canary default makes it a FAIL.
-    let canary_default = c.deploy.strategy == crate::strategy::Strategy::Canary;
-    match crate::strategy::canary::preflight(c, &setup.host, &nginx.prefix().unwrap_or_default()) {
+    // Canary analysis and sticky routing need the site's cooperation; only a default strategy that analyses
+    // (canary, rolling with rolling.pause) makes it a FAIL.
+    let strategy = c.deploy.strategy;
+    let rolling_analysis = strategy == Strategy::Rolling && !c.rolling.pause.0.is_zero();
+    let canary_default = strategy == Strategy::Canary || rolling_analysis;
+    let prefix = nginx.prefix().unwrap_or_default();
+    let analysis = if rolling_analysis {
+        crate::strategy::canary::preflight_for(c, &setup.host, &prefix, false, true, "or set rolling.pause = \"0s\"")
+    } else {
+        crate::strategy::canary::preflight(c, &setup.host, &prefix)
+    };
+    match analysis {
         Ok(()) => items.push(item(
             "canary setup",
             true,
@@ -140,12 +150,15 @@ pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
             "canary setup",
             false,
             format!("{e:#}"),
-            "see the detail; needed by deploy.strategy = \"canary\"",
+            format!(
+                "see the detail; needed by deploy.strategy = \"{strategy}\"{}",
+                if rolling_analysis { " with rolling.pause" } else { "" }
+            ),
         )),
         Err(e) => items.push(item(
             "canary setup",
             true,
-            format!("only needed for `deploy --strategy canary`, and not in place yet: {e:#}"),
+            format!("only needed for `deploy --strategy canary` (and rolling.pause), and not in place yet: {e:#}"),
             "",
         )),
     }
@@ -175,8 +188,8 @@ pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
             other => busy.push(format!("{port} {other}")),
         }
     }
-    let strategy = c.deploy.strategy;
     let needed = strategy.ports_needed(c);
+    items.push(item("strategy", true, strategy_detail(c), ""));
     let usable = free + notes.len();
     notes.extend(crate::hostcheck::ports::time_wait_note(&c.pool()));
     items.push(item(
@@ -214,6 +227,31 @@ pub fn run(path: &Path, json: bool, insecure: bool) -> Result<Code> {
     ));
     print(&items, json)?;
     Ok(if items.iter().all(|i| i.ok) { Code::Ok } else { Code::Refused })
+}
+
+/// What the default strategy does to traffic, in one line: `check` says when it is not zero-downtime.
+fn strategy_detail(c: &crate::config::Config) -> String {
+    let n = c.deploy.instances.0;
+    match c.deploy.strategy {
+        Strategy::AllAtOnce => format!(
+            "deploy.strategy = \"all-at-once\" is NOT zero-downtime: nothing serves between stopping the old release \
+             and the new one passing its health check; nginx answers 503 (Retry-After {} s) meanwhile, and the \
+             downtime is measured into `history`",
+            c.maintenance.retry_after_secs()
+        ),
+        Strategy::Rolling if c.rolling.surge => format!(
+            "deploy.strategy = \"rolling\": zero-downtime, {n} instance(s) replaced {} at a time, each batch's \
+             replacements start beside them (capacity never drops)",
+            c.rolling.batch.0
+        ),
+        Strategy::Rolling => format!(
+            "deploy.strategy = \"rolling\": zero-downtime, {n} instance(s) replaced {} at a time in place (capacity \
+             drops to {} during a batch)",
+            c.rolling.batch.0,
+            n.saturating_sub(c.rolling.batch.0)
+        ),
+        s => format!("deploy.strategy = \"{s}\": zero-downtime, the new release starts beside the live one"),
+    }
 }
 
 /// One "trust" item per file cutover takes commands or nginx syntax from, and one for the upstream file root's

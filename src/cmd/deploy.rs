@@ -24,12 +24,26 @@ pub fn run(setup: &Setup, args: DeployArgs, json: bool) -> Result<Code> {
     if args.dry_run {
         return dry_run(setup, &req, json);
     }
-    if strategy == Strategy::Canary && live_now {
-        canary::preflight(cfg, &setup.host, &setup.host.real_nginx().prefix().unwrap_or_default())?;
+    if live_now {
+        preflight(setup, strategy)?;
     }
     let (_lock, mut eng) = super::begin(setup, args.lock.lock_wait, args.force, "deploy")?;
     let plan = resolve(setup, &eng, &req)?;
     execute(setup, &mut eng, plan, json)
+}
+
+/// Checks that need nginx's config: a canary's routing and access log, the access log that `rolling.pause`
+/// analyses.
+fn preflight(setup: &Setup, strategy: Strategy) -> Result<()> {
+    let cfg = &setup.config;
+    let prefix = setup.host.real_nginx().prefix().unwrap_or_default();
+    match strategy {
+        Strategy::Canary => canary::preflight(cfg, &setup.host, &prefix),
+        Strategy::Rolling if !cfg.rolling.pause.0.is_zero() => {
+            canary::preflight_for(cfg, &setup.host, &prefix, false, true, "or set rolling.pause = \"0s\"")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Resolve the plan against the host as it is now; a refusal is returned as its error.
@@ -105,8 +119,8 @@ fn dry_run(setup: &Setup, req: &Request, json: bool) -> Result<Code> {
                 Code::Locked,
                 format!("another cutover run holds the lock for this app (held by {h})"),
             ));
-        } else if plan.strategy == Strategy::Canary {
-            if let Err(e) = canary::preflight(cfg, &setup.host, &setup.host.real_nginx().prefix().unwrap_or_default()) {
+        } else if state.live.is_some() {
+            if let Err(e) = preflight(setup, plan.strategy) {
                 plan.refusal = Some(Refusal::new(exit::code_of(&e), format!("{e:#}")));
             }
         }
@@ -162,7 +176,7 @@ fn print_plan(setup: &Setup, plan: &Plan, diff: &str) {
         say!("  stop idle previous {} on port {} to free its port", i.release, i.port);
     }
     if !plan.batches.is_empty() {
-        print_batches(plan);
+        print_batches(setup, plan);
     } else if !plan.new_ports.is_empty() {
         let ports: Vec<String> = plan.new_ports.iter().map(|p| p.to_string()).collect();
         say!("  start {} instance(s) of {} on port {}", plan.new_ports.len(), plan.release, ports.join(", "));
@@ -197,8 +211,10 @@ fn print_plan(setup: &Setup, plan: &Plan, diff: &str) {
             say!("  verify: keep probing the new release for {} (the old one stays as nginx backup)", c.deploy.verify);
         }
     }
-    for i in &plan.stop_after {
-        say!("  stop {} on port {} (SIGTERM, SIGKILL after {})", i.release, i.port, c.app.stop_timeout);
+    if plan.batches.is_empty() {
+        for i in &plan.stop_after {
+            say!("  stop {} on port {} (SIGTERM, SIGKILL after {})", i.release, i.port, c.app.stop_timeout);
+        }
     }
     for i in &plan.keep {
         say!("  keep {} on port {} running idle for rollback (listed as nginx backup)", i.release, i.port);
@@ -206,6 +222,7 @@ fn print_plan(setup: &Setup, plan: &Plan, diff: &str) {
     let label = match plan.strategy {
         Strategy::Canary => "upstream diff at the first step",
         Strategy::Rolling => "upstream diff after the first batch",
+        Strategy::AllAtOnce => "upstream diff while nothing runs (nginx answers the maintenance page)",
         _ => "upstream diff",
     };
     if diff.is_empty() {
@@ -215,9 +232,62 @@ fn print_plan(setup: &Setup, plan: &Plan, diff: &str) {
     }
 }
 
-fn print_batches(plan: &Plan) {
+/// The batches in order: which ports start, which leave, and how (README.md, "Rolling").
+fn print_batches(setup: &Setup, plan: &Plan) {
+    let c = &setup.config;
     let list = |v: &[u16]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+    let state = setup.state().unwrap_or_default();
+    let old = state.live.as_ref();
+    // A resumed deploy goes on counting from the batches already in.
+    let done = state.rolling.as_ref().map(|r| r.batch).unwrap_or(0);
+    let n = done + plan.batches.len();
+    let health = format!("health-check ({} pass(es), deadline {})", c.health.successes, c.health.deadline);
+    let verify = if c.deploy.verify.0.is_zero() { String::new() } else { format!(", verify {}", c.deploy.verify) };
     for (k, b) in plan.batches.iter().enumerate() {
-        say!("  batch {}: replace port {} with {} on port {}", k + 1, list(&b.retire), plan.release, list(&b.start));
+        let out = strategy::rolling::describe_ports(old, &b.retire);
+        let start = list(&b.start);
+        let r = &plan.release;
+        let line = match (b.retire.is_empty(), b.maintenance, b.in_place()) {
+            (true, _, _) => format!("start {r} on port {start} in the slots left empty, {health}, put in{verify}"),
+            (false, Some(m), _) => format!(
+                "take {out} out, drain, stop: nothing serves, nginx answers 503 (Retry-After {} s) from {}; start \
+                 {r} on port {start}, {health}, put in{verify}",
+                c.maintenance.retry_after_secs(),
+                c.ports.bind.with_port(m)
+            ),
+            (false, None, true) => {
+                format!("take {out} out (down), drain, stop; start {r} on port {start}, {health}, put in{verify}")
+            }
+            (false, None, false) => format!(
+                "start {r} on port {start}, {health}; put in beside the others with {out} as backup{verify}; take \
+                 {out} out, drain, stop"
+            ),
+        };
+        say!("  batch {} of {n}: {line}", done + k + 1);
+        if k + 1 < plan.batches.len() && !c.rolling.pause.0.is_zero() {
+            say!(
+                "  hold {} with access-log analysis of the new instances against the old (canary.max_error_rate {}, \
+                 min_requests {})",
+                c.rolling.pause,
+                c.canary.max_error_rate.0,
+                c.canary.min_requests
+            );
+        }
     }
+    let on_failure = if plan.strategy == Strategy::AllAtOnce {
+        "on failure: start the old release again on the same ports".to_string()
+    } else {
+        match c.rolling.on_failure {
+            crate::config::OnFailure::Rollback => {
+                "on failure: undo the failed batch, then roll the replaced batches back to the old release, the last \
+                 first (rolling.on_failure = \"rollback\")"
+                    .into()
+            }
+            crate::config::OnFailure::Pause => {
+                "on failure: undo the failed batch and stop there with a mixed fleet (rolling.on_failure = \"pause\")"
+                    .into()
+            }
+        }
+    };
+    say!("  {on_failure}");
 }

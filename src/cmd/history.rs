@@ -35,6 +35,13 @@ pub fn run(setup: &Setup, args: HistoryArgs, json: bool) -> Result<Code> {
             e.total_ms,
             steps.join(", ")
         );
+        if let Some(d) = e.downtime_ms {
+            say!(
+                "{:<24}  downtime {d} ms: nothing served ({} is not zero-downtime)",
+                "",
+                e.strategy.map(|s| s.to_string()).unwrap_or_default()
+            );
+        }
         if let Some(m) = &e.message {
             say!("{:<24}  {m}", "");
         }

@@ -168,7 +168,7 @@ start = "/srv/NAME/releases/{{release}}/bin/server --port {{port}}"
 stop_timeout = "30s"               # SIGTERM, then SIGKILL after this
 
 [ports]
-pool = [8081, 8082]                # or range = "8081-8090"; needs 2 x deploy.instances ports
+pool = [8081, 8082]                # or range = "8081-8090"; `cutover check` says how many each strategy needs
 bind = "127.0.0.1"
 
 [health]
@@ -231,6 +231,15 @@ access_log = "/var/log/nginx/NAME.cutover.log"   # written by the site file's ac
 # log_dir = "/var/log/cutover/NAME"   # spawn: <release>-<port>.log per instance
 # log_max_size = "10MiB"           # spawn: rotate each file at this size...
 # log_keep = 3                     # ...keeping this many rotated files
+
+# [rolling]                        # `cutover deploy --strategy rolling` (deploy.instances replaced in batches)
+# batch = 1                        # instances per batch
+# surge = true                     # replacements start beside the old ones (needs instances + batch ports)
+# pause = "0s"                     # hold between batches with the canary's access-log analysis
+# on_failure = "rollback"          # or "pause": keep the mixed fleet for rollback/recover/deploy
+
+# [maintenance]                    # `--strategy all-at-once` (not zero-downtime): nginx answers 503 meanwhile
+# retry_after = "5s"
 
 [hooks]                            # shell commands; CUTOVER_* variables describe the deploy
 # before_start = "..."

@@ -181,6 +181,7 @@ fn print_failure(path: Option<&Path>, command: &str, e: &anyhow::Error) {
             doc["live"] = json!(state.live);
             doc["previous"] = json!(state.previous);
             doc["canary"] = json!(state.canary);
+            doc["rolling"] = json!(state.rolling);
             doc["in_progress"] = json!(state.in_progress);
         }
         if let Ok((events, _)) = setup.store.history() {

@@ -1,5 +1,7 @@
 //! `cutover recover`: finish or undo an operation a killed run left; exit 0 when there is none. Every command
-//! that takes the lock does this first; this command does only that.
+//! that takes the lock does this first; this command does only that, and undoes a rolling deploy stopped
+//! part-way (by a kill, or `rolling.on_failure = "pause"`): every instance back to the old release, as
+//! `cutover rollback` does. `cutover deploy --release R` finishes one instead.
 
 use anyhow::Result;
 use serde_json::json;
@@ -10,7 +12,20 @@ use crate::exit::Code;
 use crate::output::print_json;
 
 pub fn run(setup: &Setup, args: LockArgs, json: bool) -> Result<Code> {
-    let (_lock, eng) = super::begin(setup, args.lock_wait, true, "recover")?;
+    let (_lock, mut eng) = super::begin(setup, args.lock_wait, true, "recover")?;
+    if let Some(r) = eng.state().rolling.clone() {
+        eng.progress.note(format!(
+            "the {} deploy of {} is stopped after batch {} of {}: recovering means returning every instance to {} \
+             (`cutover deploy --release {}` would finish it instead)",
+            r.strategy,
+            r.deployment.release,
+            r.batch,
+            r.batches,
+            eng.live_release().unwrap_or_default(),
+            r.deployment.release
+        ));
+        return super::canary::rolling_back(setup, &mut eng, json);
+    }
     let recovered = eng.recovered;
     if json {
         print_json(&json!({

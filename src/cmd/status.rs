@@ -148,14 +148,27 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
             ));
         }
     }
-    if let Some(r) = &state.rolling {
+    // A rolling deploy between batches is a problem once no run drives it (paused, or its run is gone).
+    let dark = state.rolling.as_ref().and_then(|r| r.maintenance).filter(|_| {
+        state.live.iter().chain(state.rolling.iter().map(|r| &r.deployment)).all(|d| d.instances.is_empty())
+    });
+    if let Some(r) = state.rolling.as_ref().filter(|r| r.paused.is_some() || holder.is_none()) {
         problems.push(format!(
-            "a rolling deploy of {} stopped after batch {} of {}{}: `cutover rollback` or a new `cutover deploy` \
-             resolves it",
+            "a {} deploy of {} stopped after batch {} of {}{}: `cutover deploy --release {}` finishes it, \
+             `cutover rollback` or `cutover recover` returns every instance to {}",
+            r.strategy,
             r.deployment.release,
             r.batch,
             r.batches,
-            r.paused.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
+            r.paused.as_ref().map(|p| format!(" ({p})")).unwrap_or_default(),
+            r.deployment.release,
+            state.live.as_ref().map(|l| l.release.as_str()).unwrap_or("the old release")
+        ));
+    }
+    if let Some(port) = dark {
+        problems.push(format!(
+            "no instance serves: nginx answers the maintenance page (503) from {}",
+            cfg.ports.bind.with_port(port)
         ));
     }
     if let Err(e) = &snap.master {
@@ -185,12 +198,16 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
             "runtime": setup.host.runtime().kind(),
             "live": live,
             "canary": canary,
-            "rolling": rolling.as_ref().map(|r| json!({
+            "rolling": rolling.as_ref().zip(state.rolling.as_ref()).map(|(r, x)| json!({
+                "strategy": x.strategy,
                 "deployment": r,
-                "batch": state.rolling.as_ref().map(|x| x.batch),
-                "batches": state.rolling.as_ref().map(|x| x.batches),
-                "paused": state.rolling.as_ref().and_then(|x| x.paused.clone()),
+                "batch": x.batch,
+                "batches": x.batches,
+                "down": x.down,
+                "maintenance": x.maintenance.map(|p| cfg.ports.bind.with_port(p)),
+                "paused": x.paused,
             })),
+            "maintenance": dark.map(|p| cfg.ports.bind.with_port(p)),
             "previous": previous,
             "backup": state.backup,
             "upstream_file": cfg.nginx.upstream_file,
@@ -219,7 +236,23 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
             print_deployment("canary:", c);
         }
         if let (Some(r), Some(rs)) = (&rolling, &state.rolling) {
-            print_deployment(&format!("rolling {}/{}:", rs.batch, rs.batches), r);
+            if !r.instances.is_empty() {
+                print_deployment(&format!("{} {}/{}:", rs.strategy, rs.batch, rs.batches), r);
+            }
+            for d in &rs.down {
+                say!(
+                    "taken out: {} on {} (down in the upstream, {})",
+                    d.release,
+                    cfg.ports.bind.with_port(d.port),
+                    if d.recorded_running() { "being drained" } else { "stopped; its replacement is not in yet" }
+                );
+            }
+            if let Some(p) = &rs.paused {
+                say!("paused:    {p}");
+            }
+        }
+        if let Some(port) = dark {
+            say!("maintenance: nothing serves; nginx answers 503 from {}", cfg.ports.bind.with_port(port));
         }
         match &previous {
             Some(p) => {
@@ -263,9 +296,15 @@ pub fn run(setup: &Setup, args: StatusArgs, json: bool) -> Result<Code> {
             say!("unfinished: {} of {} by pid {} since {}", op.kind, op.release, op.pid, op.started_at);
         }
         match &last {
-            Some(e) => {
-                say!("last:      {} {} {} at {} ({} ms)", e.kind, e.release, e.outcome.as_str(), e.at, e.total_ms)
-            }
+            Some(e) => say!(
+                "last:      {} {} {} at {} ({} ms{})",
+                e.kind,
+                e.release,
+                e.outcome.as_str(),
+                e.at,
+                e.total_ms,
+                e.downtime_ms.map(|d| format!(", downtime {d} ms")).unwrap_or_default()
+            ),
             None => say!("last:      no deploys yet"),
         }
         for u in &unhealthy {

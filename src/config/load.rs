@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use super::Config;
 use crate::exit;
+use crate::strategy::Strategy;
 
 /// `$XDG_STATE_HOME`, else `~/.local/state`.
 fn xdg_state() -> PathBuf {
@@ -123,6 +124,11 @@ impl Config {
                 self.rolling.batch.0, self.deploy.instances.0
             ));
         }
+        if strategy == Strategy::Rolling {
+            if let Some(why) = self.rolling_takes_everything_out() {
+                return bad(why);
+            }
+        }
         if self.health.fail_after == 0 {
             return bad("health.fail_after must be at least 1".into());
         }
@@ -148,6 +154,19 @@ impl Config {
             return bad(msg);
         }
         Ok(())
+    }
+
+    /// Why `--strategy rolling` cannot run with this config: without surge, a batch of every instance would take
+    /// the whole app out at once, which is all-at-once (not zero-downtime) under another name.
+    pub fn rolling_takes_everything_out(&self) -> Option<String> {
+        let (batch, n) = (self.rolling.batch.0, self.deploy.instances.0);
+        (!self.rolling.surge && batch >= n).then(|| {
+            format!(
+                "rolling.batch {batch} with rolling.surge = false takes all {n} instance(s) out at once: that is \
+                 --strategy all-at-once, which is not zero-downtime; lower rolling.batch, set rolling.surge = true, \
+                 or use deploy.strategy = \"all-at-once\" if downtime is acceptable"
+            )
+        })
     }
 
     /// The configured ports, in order of preference.

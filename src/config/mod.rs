@@ -34,6 +34,8 @@ pub struct Config {
     #[serde(default)]
     pub rolling: Rolling,
     #[serde(default)]
+    pub maintenance: Maintenance,
+    #[serde(default)]
     pub hooks: Hooks,
     #[serde(default)]
     pub runtime: RuntimeCfg,
@@ -271,6 +273,30 @@ pub enum OnFailure {
     Pause,
 }
 
+/// `[maintenance]`: what nginx answers while no instance serves (`--strategy all-at-once`, between stopping
+/// the old release and the new one passing its health check): a 503 with `Retry-After`, from the upstream
+/// template (overridable with `nginx.template`), instead of nginx's 502.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    /// The `Retry-After` the 503 carries (whole seconds, rounded up).
+    #[serde(default = "defaults::retry_after")]
+    pub retry_after: Positive,
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Maintenance { retry_after: defaults::retry_after() }
+    }
+}
+
+impl Maintenance {
+    /// `Retry-After` in whole seconds, rounded up (at least 1).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.0.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
 /// `[runtime]`: who runs the app's instances and where their output goes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -398,6 +424,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn retry_after() -> Positive {
+        Positive(Duration::from_secs(5))
     }
     pub fn hook_timeout() -> Positive {
         Positive(Duration::from_secs(300))

@@ -105,6 +105,21 @@ fn release_names_are_inert() {
 }
 
 #[test]
+fn rolling_without_surge_may_not_take_every_instance_out_and_all_at_once_needs_one_more_port() {
+    let rolling =
+        |more: &str| format!("{MINIMAL}\n[deploy]\ninstances = 2\nstrategy = \"rolling\"\n[rolling]\n{more}\n");
+    let e = err(&rolling("surge = false\nbatch = 2"));
+    assert!(e.contains("rolling.batch 2 with rolling.surge = false takes all 2 instance(s) out at once"), "{e}");
+    assert!(parse(&rolling("surge = false\nbatch = 1")).is_ok());
+    let one = MINIMAL.replace("[ports]\npool = [8081, 8082]", "[ports]\npool = [8081]");
+    let e = err(&format!("{one}\n[deploy]\nstrategy = \"all-at-once\"\n"));
+    assert!(e.contains("needs 2: the new release starts on the ports of the old one, and nginx answers"), "{e}");
+    let c = parse(&format!("{MINIMAL}\n[maintenance]\nretry_after = \"1500ms\"\n")).unwrap();
+    assert_eq!(c.maintenance.retry_after_secs(), 2, "whole seconds, rounded up");
+    assert_eq!(parse(MINIMAL).unwrap().maintenance.retry_after_secs(), 5);
+}
+
+#[test]
 fn the_release_directory_comes_from_release_dir_or_the_start_command() {
     let c = parse(&MINIMAL.replace(
         "start = \"python3 app.py --port {{port}}\"",

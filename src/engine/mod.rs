@@ -37,6 +37,8 @@ pub struct Engine<'h> {
     pub lock_wait: Option<Duration>,
     /// Set when this run cleaned up after a killed one ([`Engine::recover`]).
     pub recovered: bool,
+    /// How long nothing served during this operation (all at once), for its history event.
+    pub downtime: Option<Duration>,
 }
 
 /// Which way an operation moved traffic, for the hooks that follow it.
@@ -80,7 +82,16 @@ impl<T> Done<T> {
 impl<'h> Engine<'h> {
     pub fn new(cfg: &'h Config, host: &'h dyn Host, store: Store, progress: Progress) -> Result<Engine<'h>> {
         let journal = Journal::open(store, cfg.app.name.as_str(), host)?;
-        Ok(Engine { cfg, host, journal, progress, renderer: Renderer::new(cfg)?, lock_wait: None, recovered: false })
+        Ok(Engine {
+            cfg,
+            host,
+            journal,
+            progress,
+            renderer: Renderer::new(cfg)?,
+            lock_wait: None,
+            recovered: false,
+            downtime: None,
+        })
     }
 
     /// The start of every command that changes something: take the app's lock, finish or undo what a killed run
@@ -177,6 +188,7 @@ impl<'h> Engine<'h> {
         event.strategy = meta.strategy;
         event.steps = self.progress.steps.clone();
         event.total_ms = crate::output::ms(self.progress.elapsed());
+        event.downtime_ms = self.downtime.map(crate::output::ms);
         if let Err(e) = self.journal.append_history(&event) {
             self.progress.warn(format!("could not record history: {e:#}"));
         }

@@ -78,13 +78,30 @@ impl Engine<'_> {
         if op.kind == OpKind::Deploy && self.state().canary.is_some() {
             self.progress.warn("the canary stays at its step: `cutover promote` or `cutover abort` drive it from here");
         }
+        if let Some(r) = &self.state().rolling {
+            self.progress.warn(format!(
+                "the {} deploy of {} stays paused after batch {} of {}: `cutover deploy --release {}` finishes it, \
+                 `cutover rollback` or `cutover recover` returns every instance to {}",
+                r.strategy,
+                r.deployment.release,
+                r.batch,
+                r.batches,
+                r.deployment.release,
+                self.live_release().unwrap_or_else(|| "the old release".into())
+            ));
+        }
         Ok(true)
     }
 
     /// The killed run had switched traffic (state's live differs from what served when it began), no live
     /// instance runs now, and what served before still does.
+    /// Never for a rolling or all-at-once run: its fleet is recorded instance by instance, and its recovery stops
+    /// at a batch boundary for `deploy`, `rollback` or `recover` to resume or undo.
     fn switched_to_a_dead_release(&self) -> bool {
         let s = self.state();
+        if s.in_progress.as_ref().and_then(|o| o.strategy).is_some_and(|st| st.in_place()) {
+            return false;
+        }
         let Some(before) = s.in_progress.as_ref().and_then(|o| o.before.as_ref()) else { return false };
         let (Some(now), Some(then)) = (&s.live, &before.live) else { return false };
         if now == then {

@@ -100,7 +100,12 @@ impl Event {
                 let code = exit::code_of(e);
                 let after = exit::returned_of(e) == Some(exit::Returned::AfterSwitch);
                 let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
-                (Outcome::of_failure(code, after), code, Some(first_line))
+                let outcome = if crate::strategy::rolling::is_paused(e) {
+                    Outcome::Paused
+                } else {
+                    Outcome::of_failure(code, after)
+                };
+                (outcome, code, Some(first_line))
             }
         };
         Event {

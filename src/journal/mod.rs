@@ -45,8 +45,17 @@ pub enum Change {
     Recover { keep_previous: bool },
     /// Nothing changes but the file (a re-render after a config or template change).
     Rerender,
-    /// A rolling deploy's fleet: `live` is what remains of the old release, `rolling` the new one so far.
-    Rolling { live: Option<Deployment>, rolling: Option<RollingState>, to_stop: Vec<Instance> },
+    /// One step of a rolling or all-at-once deploy (or of its rollback): instances join the fleet and leave it.
+    /// See [`RollStep`].
+    Roll(RollStep),
+    /// A rolling deploy ends where it stands: when every instance runs the rolled-out release, it becomes the live
+    /// release (`since`) and the old one the previous release (stopped; a rollback restarts it); when none does
+    /// (rolled back, or a rolling restart), the live release is the whole fleet again. A fleet still mixed, or
+    /// with slots taken out and not yet refilled, does not end: nothing changes.
+    RollEnd { since: String },
+    /// A rolling deploy stops part-way on purpose (`rolling.on_failure = "pause"`), with the reason `status`
+    /// shows.
+    RollPause(String),
     /// Dead instances replaced by fresh ones of the same release (`cutover up`), in whichever of the live,
     /// canary or rolling deployment held them; the dead ones are dropped. The app is online again.
     Replace { old: Vec<Instance>, new: Vec<Instance> },
@@ -116,7 +125,12 @@ impl Change {
             Change::FlipBack => {
                 let Some(before) = state.in_progress.as_ref().and_then(|o| o.before.clone()) else { return };
                 let kept = |i: &Instance| serving_has(&before, i);
-                for d in state.live.iter().chain(state.canary.as_ref().map(|c| &c.deployment)) {
+                let serving = state
+                    .live
+                    .iter()
+                    .chain(state.canary.as_ref().map(|c| &c.deployment))
+                    .chain(state.rolling.as_ref().map(|r| &r.deployment));
+                for d in serving {
                     to_stop.extend(d.running().into_iter().filter(|i| !kept(i)));
                 }
                 if let Some(op) = &mut state.in_progress {
@@ -126,7 +140,7 @@ impl Change {
                 state.previous = before.previous;
                 state.backup = before.backup;
                 state.canary = None;
-                state.rolling = None;
+                state.rolling = before.rolling;
             }
             Change::Recover { keep_previous } => {
                 let Some(op) = state.in_progress.clone() else { return };
@@ -161,16 +175,48 @@ impl Change {
                     op.to_stop.retain(|i| !kept_previous(i));
                 }
                 state.backup.retain(|b| !stop.iter().any(|s| s.same(b)));
+                // A rolling deploy stays where the run left it, between two batches: its `down` slots stay
+                // recorded (stopped) for the command that resumes it or rolls it back.
                 if let Some(r) = &mut state.rolling {
-                    r.down.retain(|b| !stop.iter().any(|s| s.same(b)));
+                    if r.paused.is_none() {
+                        r.paused = Some(format!("interrupted: the `{}` that drove it did not finish", op.kind));
+                    }
                 }
                 to_stop.extend(stop);
             }
             Change::Rerender => {}
-            Change::Rolling { live, rolling, to_stop: stop } => {
-                state.live = live.clone();
-                state.rolling = rolling.clone();
-                to_stop.extend(stop.iter().cloned());
+            Change::Roll(step) => step.apply(state, &mut to_stop),
+            Change::RollEnd { since } => {
+                let Some(r) = state.rolling.clone() else { return };
+                let old_left = state.live.as_ref().is_none_or(|l| l.instances.is_empty());
+                if !r.down.is_empty() {
+                    return;
+                }
+                if r.deployment.instances.is_empty() {
+                    state.rolling = None;
+                } else if old_left {
+                    let old = state.live.take();
+                    let before = state.in_progress.as_ref().and_then(|o| o.before.as_ref());
+                    if let Some(old) = old {
+                        // The old release's record: its ports as the deploy found them, stopped.
+                        let was = before.and_then(|b| b.live.as_ref()).filter(|l| l.release == old.release);
+                        let instances = was.map(|l| l.instances.clone()).unwrap_or_default();
+                        for i in state.previous.iter().flat_map(|d| d.running()) {
+                            to_stop.push(i);
+                        }
+                        state.previous = Some(Deployment {
+                            instances: instances.into_iter().map(Instance::stopped).collect(),
+                            ..old
+                        });
+                    }
+                    state.live = Some(Deployment { since: since.clone(), ..r.deployment });
+                    state.rolling = None;
+                }
+            }
+            Change::RollPause(why) => {
+                if let Some(r) = &mut state.rolling {
+                    r.paused = Some(why.clone());
+                }
             }
             Change::Replace { old, new } => {
                 let deps = state
@@ -220,6 +266,88 @@ impl Change {
     }
 }
 
+/// How an instance leaves the fleet in a [`RollStep`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// Listed as nginx `backup` behind its replacements until [`Change::Unlist`], then stopped (surge: a
+    /// connection a new instance refuses is retried on the old one while the batch is verified).
+    Backup,
+    /// Listed `down` in its slot until a replacement on the same port fills it (no surge: out first, drained,
+    /// stopped, replaced). The slot stays recorded, stopped, so that a fleet interrupted there is not smaller.
+    Down,
+    /// Out of the upstream at once (the instances of a batch that failed its verification).
+    Out,
+}
+
+/// One step of a rolling or all-at-once deploy, in either direction. Each instance in `join` serves beside the
+/// instances of its release (the live release's, or the release being rolled out), is no longer scheduled to
+/// stop and fills the `down` slot on its port; each in `leave` stops serving as `leave_as` says and is scheduled
+/// to stop. The first step records the rolling deploy (`state.rolling`); each records its progress.
+#[derive(Debug, Clone)]
+pub struct RollStep {
+    /// The release being rolled out (during a rollback too: the rollback moves instances back from it).
+    pub release: String,
+    pub strategy: Strategy,
+    /// All at once: the port of the maintenance answer (see [`RollingState::maintenance`]).
+    pub maintenance: Option<u16>,
+    /// When the rolling deploy began (the `since` of its deployment).
+    pub since: String,
+    /// Batches of the rolled-out release in the fleet after this step, of `batches`.
+    pub batch: usize,
+    pub batches: usize,
+    pub join: Vec<Instance>,
+    pub leave: Vec<Instance>,
+    pub leave_as: Leave,
+}
+
+impl RollStep {
+    fn apply(&self, state: &mut State, to_stop: &mut Vec<Instance>) {
+        let r = state.rolling.get_or_insert_with(|| RollingState {
+            deployment: Deployment { release: self.release.clone(), instances: Vec::new(), since: self.since.clone() },
+            batch: 0,
+            batches: self.batches,
+            down: Vec::new(),
+            paused: None,
+            strategy: self.strategy,
+            maintenance: self.maintenance,
+        });
+        r.batch = self.batch;
+        r.batches = self.batches;
+        r.maintenance = self.maintenance;
+        r.paused = None;
+        for i in &self.leave {
+            r.deployment.instances.retain(|x| !x.same(i));
+            if let Some(live) = &mut state.live {
+                live.instances.retain(|x| !x.same(i));
+            }
+            match self.leave_as {
+                Leave::Backup if !state.backup.iter().any(|b| b.same(i)) => state.backup.push(i.clone()),
+                Leave::Down => {
+                    r.down.retain(|d| d.port != i.port);
+                    r.down.push(i.clone());
+                }
+                _ => {}
+            }
+            to_stop.push(i.clone());
+        }
+        for i in &self.join {
+            r.down.retain(|d| d.port != i.port);
+            state.backup.retain(|b| !b.same(i));
+            to_stop.retain(|s| !s.same(i));
+            if let Some(op) = &mut state.in_progress {
+                op.to_stop.retain(|s| !s.same(i));
+            }
+            let side = match &mut state.live {
+                Some(live) if live.release == i.release => &mut live.instances,
+                _ => &mut r.deployment.instances,
+            };
+            if !side.iter().any(|x| x.same(i)) {
+                side.push(i.clone());
+            }
+        }
+    }
+}
+
 /// A previous instance that is neither scheduled to stop nor in the backup list: kept idle for a fast rollback
 /// (`deploy.keep_previous`). A killed run's record may name it as started (a rollback that reused it).
 fn kept_idle(state: &State, i: &Instance) -> bool {
@@ -227,9 +355,13 @@ fn kept_idle(state: &State, i: &Instance) -> bool {
     !scheduled && state.previous.as_ref().is_some_and(|p| p.instances.iter().any(|x| x.same(i) && x.recorded_running()))
 }
 
-/// Whether `i` serves in `s` or is kept there (live, backup, or a previous release still running).
+/// Whether `i` serves in `s` or is kept there (live, rolled out, backup, or a previous release still running).
 fn serving_has(s: &Serving, i: &Instance) -> bool {
-    s.live.iter().chain(s.previous.iter()).any(|d| d.instances.iter().any(|x| x.same(i) && x.recorded_running()))
+    s.live
+        .iter()
+        .chain(s.previous.iter())
+        .chain(s.rolling.as_ref().map(|r| &r.deployment))
+        .any(|d| d.instances.iter().any(|x| x.same(i) && x.recorded_running()))
         || s.backup.iter().any(|x| x.same(i))
 }
 
@@ -284,6 +416,7 @@ impl<'h> Journal<'h> {
             live: self.state.live.clone(),
             previous: self.state.previous.clone(),
             backup: self.state.backup.clone(),
+            rolling: self.state.rolling.clone(),
         };
         self.state.version = STATE_VERSION;
         self.state.in_progress = Some(Operation {
@@ -355,8 +488,14 @@ impl<'h> Journal<'h> {
         let hit = |i: &Instance| insts.iter().any(|s| s.same(i));
         let s = &mut self.state;
         s.backup.retain(|b| !hit(b));
-        for d in s.previous.iter_mut().chain(s.live.iter_mut()) {
-            for i in &mut d.instances {
+        let rolled = s.rolling.as_mut().map(|r| (&mut r.deployment.instances, &mut r.down));
+        let (rolled, down) = match rolled {
+            Some((d, down)) => (Some(d), Some(down)),
+            None => (None, None),
+        };
+        let lists = s.previous.iter_mut().chain(s.live.iter_mut()).map(|d| &mut d.instances).chain(rolled).chain(down);
+        for list in lists {
+            for i in list.iter_mut() {
                 if hit(i) {
                     *i = i.clone().stopped();
                 }

@@ -150,6 +150,17 @@ pub struct RollingState {
     /// The run stopped here on purpose (`rolling.on_failure = "pause"`) or was interrupted.
     #[serde(default)]
     pub paused: Option<String>,
+    /// `rolling` or `all-at-once`: how a resume or a rollback of it runs.
+    #[serde(default = "rolling_strategy")]
+    pub strategy: Strategy,
+    /// All at once: the port where nginx itself answers the maintenance page (503, `Retry-After`) while no
+    /// instance serves.
+    #[serde(default)]
+    pub maintenance: Option<u16>,
+}
+
+fn rolling_strategy() -> Strategy {
+    Strategy::Rolling
 }
 
 /// The kinds of operations cutover runs; also the `kind` of a history event.
@@ -201,6 +212,9 @@ pub struct Serving {
     pub live: Option<Deployment>,
     pub previous: Option<Deployment>,
     pub backup: Vec<Instance>,
+    /// A rolling deploy stopped part-way when the operation began (its rollback or its resume).
+    #[serde(default)]
+    pub rolling: Option<RollingState>,
 }
 
 /// The operation that was under way when state was last written.

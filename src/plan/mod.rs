@@ -318,26 +318,41 @@ pub fn resolve(req: &Request, cfg: &Config, state: &State, snap: &Snapshot, rend
             ),
         ));
     }
+    let mut strategy = req.strategy;
     if let Some(r) = &state.rolling {
-        refuse(Refusal::new(
-            Code::Refused,
-            format!(
-                "a rolling deploy of {} stopped after batch {} of {}: `cutover rollback` returns every instance to {}, \
-                 `cutover recover` finishes nothing and leaves it mixed; resolve it first",
-                r.deployment.release,
-                r.batch,
-                r.batches,
-                state.live.as_ref().map(|l| l.release.as_str()).unwrap_or("the old release")
-            ),
-        ));
+        let old = state.live.as_ref().map(|l| l.release.as_str()).unwrap_or("the old release");
+        let at = format!(
+            "a {} deploy of {} stopped after batch {} of {}",
+            r.strategy, r.deployment.release, r.batch, r.batches
+        );
+        if req.kind == OpKind::Deploy && r.deployment.release == req.release.as_str() {
+            notes.push(format!(
+                "{at}: resuming it{}",
+                if strategy == r.strategy { String::new() } else { format!(" as {}", r.strategy) }
+            ));
+            strategy = r.strategy;
+        } else {
+            refuse(Refusal::new(
+                Code::Refused,
+                format!(
+                    "{at}{}: `cutover deploy --release {}` finishes it, `cutover rollback` (or `cutover recover`) \
+                     returns every instance to {old}; resolve it first",
+                    r.paused.as_ref().map(|p| format!(" ({p})")).unwrap_or_default(),
+                    r.deployment.release
+                ),
+            ));
+        }
     }
     let live = state.live.as_ref();
     let redeploy = live.is_some_and(|l| l.release == req.release.as_str());
-    let mut strategy = req.strategy;
+    // The pool must fit the strategy asked for: a first deploy runs as blue-green but needs no more.
+    let asked = strategy;
     if strategy.needs_live() && live.is_none() {
-        notes.push(format!(
-            "nothing is live yet, so there is nothing to compare a {strategy} with: deploying blue-green"
-        ));
+        notes.push(if strategy.in_place() {
+            "nothing is live yet, so there is nothing to replace in place: deploying blue-green".to_string()
+        } else {
+            format!("nothing is live yet, so there is nothing to compare a {strategy} with: deploying blue-green")
+        });
         strategy = Strategy::BlueGreen;
     }
     if strategy == Strategy::Canary && redeploy {
@@ -349,18 +364,18 @@ pub fn resolve(req: &Request, cfg: &Config, state: &State, snap: &Snapshot, rend
             ),
         ));
     }
-    if redeploy && req.kind == OpKind::Deploy {
+    if redeploy && req.kind == OpKind::Deploy && state.rolling.is_none() {
         notes.push(format!("{} is already live: redeploying it on fresh instances (a restart)", req.release));
     }
-    let pool_needed = strategy.ports_needed(cfg);
+    let pool_needed = asked.ports_needed(cfg);
     if cfg.pool().len() < pool_needed {
         refuse(Refusal::new(
             Code::Usage,
             format!(
-                "--strategy {strategy} with {} instance(s) needs {pool_needed} pool port(s), ports.pool has {}: {}",
+                "--strategy {asked} with {} instance(s) needs {pool_needed} pool port(s), ports.pool has {}: {}",
                 cfg.deploy.instances.0,
                 cfg.pool().len(),
-                strategy.why_ports(cfg)
+                asked.why_ports(cfg)
             ),
         ));
     }
@@ -391,6 +406,7 @@ pub fn resolve(req: &Request, cfg: &Config, state: &State, snap: &Snapshot, rend
     };
     if strategy.in_place() {
         crate::strategy::rolling::plan(cfg, state, snap, renderer, &mut plan, &mut refuse)?;
+        notes.append(&mut plan.notes);
         plan.notes = notes;
         plan.refusal = refusal;
         return Ok(plan);

@@ -39,6 +39,20 @@ pub fn preflight(cfg: &crate::config::Config, host: &dyn Host, prefix: &std::pat
     let c = &cfg.canary;
     let needs_routing = c.sticky.is_some() || c.header.is_some();
     let needs_log = c.interval != Interval::Manual;
+    preflight_for(cfg, host, prefix, needs_routing, needs_log, "or set canary.interval = \"manual\"")
+}
+
+/// The checks of [`preflight`], for what a deploy needs: the routing variable, the access log analysis reads.
+/// `instead` ends the access-log message with the way to do without analysis.
+pub fn preflight_for(
+    cfg: &crate::config::Config,
+    host: &dyn Host,
+    prefix: &std::path::Path,
+    needs_routing: bool,
+    needs_log: bool,
+    instead: &str,
+) -> Result<()> {
+    let c = &cfg.canary;
     if !needs_routing && !needs_log {
         return Ok(());
     }
@@ -71,7 +85,7 @@ pub fn preflight(cfg: &crate::config::Config, host: &dyn Host, prefix: &std::pat
             return Err(exit::usage(format!(
                 "canary analysis reads {} in the {format} format, but {problem}; add `access_log {} {format};` to \
                  the site's server block and reload nginx, or point canary.access_log at the file nginx writes \
-                 (or set canary.interval = \"manual\")",
+                 ({instead})",
                 path.display(),
                 path.display()
             )));
@@ -186,27 +200,56 @@ fn abort_for(eng: &mut Engine, reason: &str) -> anyhow::Error {
     }
 }
 
-/// One hold: watch the access log and the canary's processes for `duration`. `Some(reason)` means abort.
+/// One hold of the canary's current step. `Some(reason)` means abort.
 fn hold(eng: &mut Engine, duration: Duration) -> Result<Option<String>> {
-    let cfg = eng.cfg;
     let state = eng.state().clone();
     let c = state.canary.as_ref().context("no canary is running")?;
     let live = state.live.as_ref().context("no stable release is live")?;
-    let addrs =
-        |d: &Deployment| -> HashSet<String> { d.instances.iter().map(|i| cfg.ports.bind.with_port(i.port)).collect() };
-    let (canary_addrs, stable_addrs) = (addrs(&c.deployment), addrs(live));
+    watch(
+        eng,
+        duration,
+        &Watch {
+            new: &c.deployment.instances,
+            old: &live.instances,
+            label: format!("{}% held", c.weight),
+            subject: "canary",
+            blind_fix: "send traffic during a canary, check the site's access_log, or use canary.interval = \"manual\"",
+        },
+    )
+}
+
+/// What a hold watches: new instances against old ones, and how its messages name them.
+pub struct Watch<'a> {
+    pub new: &'a [Instance],
+    pub old: &'a [Instance],
+    /// What is held, for the progress line: `10% held`, `batch 2 of 4 held`.
+    pub label: String,
+    /// What a process that exits is: `canary`, `new instance`.
+    pub subject: &'a str,
+    /// How to get a judgement when the log shows no request at all.
+    pub blind_fix: &'a str,
+}
+
+/// Hold for `duration`: read the access log from now on, tally each side (canary.* bounds judge the new side
+/// against the old one), and watch the new instances' processes. `Some(reason)` means abort: a new instance
+/// exited, analysis found it worse than the bounds, or the log showed no request to either side (the analysis
+/// is blind, so it fails closed). Shared by the canary's steps and the pauses between rolling batches.
+pub fn watch(eng: &mut Engine, duration: Duration, w: &Watch) -> Result<Option<String>> {
+    let cfg = eng.cfg;
+    let addrs = |d: &[Instance]| -> HashSet<String> { d.iter().map(|i| cfg.ports.bind.with_port(i.port)).collect() };
+    let (new_addrs, old_addrs) = (addrs(w.new), addrs(w.old));
     let path = cfg.access_log();
     let mut cursor = Cursor::at_end(&path)?;
     let mut tally = Tally::default();
     let t = Instant::now();
     let started = eng.host.now();
     loop {
-        if let Some(dead) = c.deployment.instances.iter().find(|i| eng.host.runtime().status(i) != Status::Running) {
-            return Ok(Some(format!("canary {} exited during the hold", dead.describe())));
+        if let Some(dead) = w.new.iter().find(|i| eng.host.runtime().status(i) != Status::Running) {
+            return Ok(Some(format!("{} {} exited during the hold", w.subject, dead.describe())));
         }
-        tally.add(&cursor.read_lines()?, &canary_addrs, &stable_addrs);
+        tally.add(&cursor.read_lines()?, &new_addrs, &old_addrs);
         if let Some(why) = analysis::judge(&tally, &cfg.canary) {
-            eng.progress.step("hold", t.elapsed(), format!("{}% held: {}", c.weight, summary(&tally)));
+            eng.progress.step("hold", t.elapsed(), format!("{}: {}", w.label, summary(&tally)));
             return Ok(Some(why));
         }
         let elapsed = eng.host.now() - started;
@@ -215,22 +258,23 @@ fn hold(eng: &mut Engine, duration: Duration) -> Result<Option<String>> {
         }
         eng.host.sleep((duration - elapsed).min(Duration::from_millis(200)));
     }
-    tally.add(&cursor.read_lines()?, &canary_addrs, &stable_addrs);
-    eng.progress.step("hold", t.elapsed(), format!("{}% held: {}", c.weight, summary(&tally)));
+    tally.add(&cursor.read_lines()?, &new_addrs, &old_addrs);
+    eng.progress.step("hold", t.elapsed(), format!("{}: {}", w.label, summary(&tally)));
     if tally.canary.requests == 0 && tally.stable.requests == 0 {
         // Fail closed: no line for either side means the analysis is blind (a log nginx does not write, a site
-        // that bypasses this upstream), not that the canary is fine.
+        // that bypasses this upstream), not that the new release is fine.
         return Ok(Some(format!(
-            "no request to either release appeared in {} during the {} hold, so the canary could not be judged \
-             (send traffic during a canary, check the site's access_log, or use canary.interval = \"manual\")",
+            "no request to either release appeared in {} during the {} hold, so the {} could not be judged ({})",
             path.display(),
-            humantime::format_duration(duration)
+            humantime::format_duration(duration),
+            w.subject,
+            w.blind_fix
         )));
     }
     if tally.canary.requests < cfg.canary.min_requests {
         eng.progress.warn(format!(
-            "only {} canary request(s) in {} during the hold, fewer than canary.min_requests {}: not enough to \
-             judge, moving on",
+            "only {} request(s) to the new release in {} during the hold, fewer than canary.min_requests {}: not \
+             enough to judge, moving on",
             tally.canary.requests,
             path.display(),
             cfg.canary.min_requests

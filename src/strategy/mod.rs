@@ -49,7 +49,8 @@ impl Strategy {
         match self {
             Strategy::BlueGreen | Strategy::Canary => 2 * n,
             Strategy::Rolling if cfg.rolling.surge => n + cfg.rolling.batch.0 as usize,
-            Strategy::Rolling | Strategy::AllAtOnce => n,
+            Strategy::Rolling => n,
+            Strategy::AllAtOnce => n + 1,
         }
     }
 
@@ -61,8 +62,12 @@ impl Strategy {
                 "each batch's {} replacement(s) start beside the live instances (rolling.surge)",
                 cfg.rolling.batch.0
             ),
-            Strategy::Rolling => "replacements start on the ports of the instances they replace".into(),
-            Strategy::AllAtOnce => "the new release starts on the ports of the old one".into(),
+            Strategy::Rolling => {
+                "without rolling.surge each replacement starts on the port of the instance it replaces".into()
+            }
+            Strategy::AllAtOnce => "the new release starts on the ports of the old one, and nginx answers the \
+                                    maintenance page on one more port while neither runs"
+                .into(),
         }
     }
 

@@ -11,19 +11,20 @@ use anyhow::Result;
 use crate::config::Config;
 use crate::journal::State;
 
-/// Renders the upstream file with the configured template (or the built-in one).
+/// Renders the upstream file with the configured template (or the built-in one), parsed once: a deploy renders
+/// a candidate for every change it applies.
 pub struct Renderer {
-    template: Option<String>,
+    tera: tera::Tera,
 }
 
 impl Renderer {
-    /// Read `nginx.template` (a template that cannot be read is a config error, exit 2).
+    /// Read and parse `nginx.template` (a template that cannot be read or parsed is a config error, exit 2).
     pub fn new(cfg: &Config) -> Result<Renderer> {
-        Ok(Renderer { template: cfg.template_text()? })
+        Ok(Renderer { tera: render::compile(cfg.template_text()?.as_deref())? })
     }
 
     /// The upstream file for `state`.
     pub fn render(&self, cfg: &Config, state: &State) -> Result<String> {
-        render(self.template.as_deref(), &view(cfg, state))
+        render::render_with(&self.tera, &view(cfg, state))
     }
 }

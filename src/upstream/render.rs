@@ -57,6 +57,15 @@ pub struct Routing {
     pub header_var: Option<String>,
 }
 
+/// The maintenance answer while an all-at-once deploy runs: nginx listens on `address` and answers 503 with
+/// `Retry-After: retry_after` (seconds).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MaintenanceView {
+    pub address: String,
+    pub port: u16,
+    pub retry_after: u64,
+}
+
 /// Everything the template sees.
 #[derive(Debug, Clone, Serialize)]
 pub struct View {
@@ -74,14 +83,25 @@ pub struct View {
     pub rolling: Option<String>,
     pub servers: Vec<Server>,
     pub routing: Option<Routing>,
+    /// Set during an all-at-once deploy: the listener of the maintenance answer.
+    pub maintenance: Option<MaintenanceView>,
 }
 
 pub fn render(template: Option<&str>, view: &View) -> Result<String> {
+    render_with(&compile(template)?, view)
+}
+
+/// Parse the template (the built-in one when `None`) once, for [`render_with`]. A template that does not parse
+/// is a config error (exit 2): nothing has started yet.
+pub fn compile(template: Option<&str>) -> Result<tera::Tera> {
     let mut tera = tera::Tera::default();
-    let source = template.unwrap_or(BUILTIN_TEMPLATE);
-    // A template that does not parse or render is a config error (exit 2): nothing has started yet.
-    tera.add_raw_template("upstream.conf", source)
+    tera.add_raw_template("upstream.conf", template.unwrap_or(BUILTIN_TEMPLATE))
         .map_err(|e| crate::exit::usage(format!("invalid upstream template (nginx.template): {}", chain(&e))))?;
+    Ok(tera)
+}
+
+/// Render a compiled template. One that does not render is a config error (exit 2) too.
+pub fn render_with(tera: &tera::Tera, view: &View) -> Result<String> {
     let ctx = tera::Context::from_serialize(view).context("could not build template context")?;
     let mut out = tera
         .render("upstream.conf", &ctx)
@@ -140,6 +160,7 @@ mod tests {
             rolling: None,
             servers: vec![server(8082, "v2", 1), server(8083, "v2", 1)],
             routing: None,
+            maintenance: None,
         };
         assert_eq!(
             render(None, &view).unwrap(),
@@ -180,6 +201,7 @@ mod tests {
             rolling: None,
             servers: vec![server(8081, "v1", 9), server(8082, "v2", 1), server(8080, "v0", 1)],
             routing: None,
+            maintenance: None,
         };
         view.servers[1].down = true;
         view.servers[2].backup = true;
@@ -203,6 +225,7 @@ mod tests {
             rolling: None,
             servers: vec![],
             routing: None,
+            maintenance: None,
         };
         let e = render(Some("{{ nope }}"), &view).unwrap_err();
         assert!(format!("{e:#}").contains("nope"), "{e:#}");

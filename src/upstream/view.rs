@@ -1,7 +1,7 @@
 //! What the upstream file lists, decided from state alone: which servers, with which weights, which are
 //! `backup` or `down`, and the routing for a sticky canary. Pure; the one place these rules live.
 
-use super::render::{CanaryView, Routing, Server, Split, View};
+use super::render::{CanaryView, MaintenanceView, Routing, Server, Split, View};
 use crate::config::{Config, Sticky};
 use crate::journal::{Deployment, Instance, State};
 
@@ -78,6 +78,11 @@ fn server(config: &Config, i: &Instance, weight: u32) -> Server {
 /// costs a retry, not a 502. Instances a rolling deploy took out are listed `down`. A side with weight 0 is left
 /// out rather than written `weight=0` (which nginx rejects). With nothing deployed the first pool port is listed
 /// `down`, because nginx refuses an upstream without servers.
+///
+/// All at once (`rolling.maintenance`): nginx listens on the maintenance port itself for the whole operation and
+/// answers 503 with `Retry-After` there; while no instance serves, the upstream's only primary server is that
+/// port, so clients get the maintenance answer instead of a 502. The listener outlives the moment the new
+/// instances serve by one upstream change, so that a request an old nginx worker still routes there finds it.
 pub fn view(config: &Config, state: &State) -> View {
     let names = Names::of(config);
     let live = state.live.as_ref();
@@ -106,6 +111,23 @@ pub fn view(config: &Config, state: &State) -> View {
             s.down = true;
         }
     }
+    let maintenance = state.rolling.as_ref().and_then(|r| r.maintenance).map(|port| MaintenanceView {
+        address: config.ports.bind.with_port(port),
+        port,
+        retry_after: config.maintenance.retry_after_secs(),
+    });
+    if let Some(m) = &maintenance {
+        if servers.iter().all(|s| s.down) {
+            servers.push(Server {
+                address: m.address.clone(),
+                port: m.port,
+                release: "maintenance: nginx answers 503 here while no instance runs".into(),
+                weight: 1,
+                down: false,
+                backup: false,
+            });
+        }
+    }
     let primary: Vec<u16> = servers.iter().map(|s| s.port).collect();
     if !servers.iter().all(|s| s.down) {
         servers.extend(
@@ -131,6 +153,7 @@ pub fn view(config: &Config, state: &State) -> View {
         canary: canary.map(|(c, pct)| CanaryView { release: c.release.clone(), weight: pct }),
         rolling: state.rolling.as_ref().map(|r| format!("{} {}/{}", r.deployment.release, r.batch, r.batches)),
         servers,
+        maintenance,
     }
 }
 

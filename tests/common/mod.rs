@@ -66,6 +66,8 @@ pub struct Opts {
     pub proxy_pass: String,
     /// Write the JSON access log that canary analysis reads (`Env::access_log`).
     pub access_log: bool,
+    /// `deploy.strategy`.
+    pub strategy: &'static str,
 }
 
 impl Default for Opts {
@@ -81,6 +83,7 @@ impl Default for Opts {
             server_extra: String::new(),
             proxy_pass: "http://shop".into(),
             access_log: false,
+            strategy: "blue-green",
         }
     }
 }
@@ -182,6 +185,7 @@ prefix = "nginx"
 conf = "conf/nginx.conf"
 
 [deploy]
+strategy = "{strategy}"
 instances = {instances}
 drain_timeout = "10s"
 keep_previous = {keep}
@@ -197,6 +201,7 @@ log_dir = "logs"
             pool = pool.join(", "),
             deadline = self.opts.deadline,
             instances = self.opts.instances,
+            strategy = self.opts.strategy,
             keep = self.opts.keep_previous,
             verify = self.opts.verify,
             extra = self.opts.extra,
@@ -282,6 +287,12 @@ log_dir = "logs"
         collect(&v["live"]);
         collect(&v["previous"]);
         collect(&v["canary"]["deployment"]);
+        collect(&v["rolling"]["deployment"]);
+        for i in v["rolling"]["down"].as_array().into_iter().flatten() {
+            if let Some(p) = i["pid"].as_i64() {
+                pids.push(p as i32);
+            }
+        }
         for list in ["started", "to_stop"] {
             for i in v["in_progress"][list].as_array().into_iter().flatten() {
                 if let Some(p) = i["pid"].as_i64() {
@@ -403,6 +414,193 @@ pub struct Tally {
     pub non_2xx: Vec<String>,
     pub errors: Vec<String>,
     pub releases: std::collections::BTreeMap<String, u64>,
+    /// Keep-alive clients: requests whose reused connection nginx had closed before any answer (nginx < 1.27.4
+    /// closes idle keep-alive connections at a reload), sent again on a new connection as HTTP clients do for
+    /// idempotent requests (RFC 9112, 9.3.1).
+    pub closed_idle: u64,
+}
+
+/// One HTTP/1.1 answer read from a kept-alive connection: status, headers (lower-cased names), body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A client on one kept-alive connection (HTTP/1.1), reconnecting when nginx closes it.
+pub struct KeepAlive {
+    port: u16,
+    conn: Option<std::io::BufReader<TcpStream>>,
+}
+
+/// Why a request on a kept-alive connection failed.
+pub enum KaError {
+    /// The reused connection was closed before any byte of an answer: safe to send again.
+    ClosedIdle,
+    Other(String),
+}
+
+impl KeepAlive {
+    pub fn new(port: u16) -> KeepAlive {
+        KeepAlive { port, conn: None }
+    }
+
+    /// GET `path`; on a reused connection that nginx closed before answering, reconnect and send it again
+    /// (counted in `closed_idle`).
+    pub fn get(&mut self, path: &str, closed_idle: &mut u64) -> Result<Answer, String> {
+        match self.try_get(path) {
+            Err(KaError::ClosedIdle) => {
+                *closed_idle += 1;
+                self.conn = None;
+                self.try_get(path).map_err(|e| match e {
+                    KaError::ClosedIdle => "a new connection was closed before any answer".to_string(),
+                    KaError::Other(e) => e,
+                })
+            }
+            Err(KaError::Other(e)) => {
+                self.conn = None;
+                Err(e)
+            }
+            Ok(a) => Ok(a),
+        }
+    }
+
+    fn try_get(&mut self, path: &str) -> Result<Answer, KaError> {
+        use std::io::BufRead;
+        let reused = self.conn.is_some();
+        if self.conn.is_none() {
+            let s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| KaError::Other(e.to_string()))?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            self.conn = Some(std::io::BufReader::new(s));
+        }
+        let conn = self.conn.as_mut().unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let idle = |e: std::io::Error| {
+            if reused && matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                KaError::ClosedIdle
+            } else {
+                KaError::Other(e.to_string())
+            }
+        };
+        conn.get_mut().write_all(req.as_bytes()).map_err(idle)?;
+        let mut line = String::new();
+        match conn.read_line(&mut line) {
+            Ok(0) if reused => return Err(KaError::ClosedIdle),
+            Ok(0) => return Err(KaError::Other("connection closed before an answer".into())),
+            Err(e) => return Err(idle(e)),
+            Ok(_) => {}
+        }
+        let other = |e: std::io::Error| KaError::Other(format!("reading the answer: {e}"));
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| KaError::Other(format!("no status line in {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            conn.read_line(&mut h).map_err(other)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = h.split_once(':') {
+                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if let Some(len) = find("content-length").and_then(|l| l.parse::<usize>().ok()) {
+            body.resize(len, 0);
+            conn.read_exact(&mut body).map_err(other)?;
+        } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                conn.read_line(&mut size).map_err(other)?;
+                let n = usize::from_str_radix(size.trim(), 16).map_err(|e| KaError::Other(e.to_string()))?;
+                let mut chunk = vec![0; n + 2];
+                conn.read_exact(&mut chunk).map_err(other)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        if find("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) {
+            self.conn = None;
+        }
+        Ok(Answer { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    }
+}
+
+/// Like [`load`], with keep-alive clients: each thread keeps one connection open across requests.
+pub fn load_keepalive(
+    port: u16,
+    clients: usize,
+    max_requests: u64,
+    stop: Arc<AtomicBool>,
+) -> (Vec<std::thread::JoinHandle<()>>, Arc<Mutex<Tally>>) {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let handles = (0..clients)
+        .map(|_| {
+            let (tally, stop) = (tally.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut client = KeepAlive::new(port);
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(180) {
+                    let mut closed = 0;
+                    let result = client.get("/", &mut closed);
+                    let mut t = tally.lock().unwrap();
+                    if t.requests >= max_requests {
+                        break;
+                    }
+                    t.requests += 1;
+                    t.closed_idle += closed;
+                    match result {
+                        Ok(a) if a.status == 200 => *t.releases.entry(release_of(&a.body)).or_default() += 1,
+                        Ok(a) => t.non_2xx.push(format!("{}: {}", a.status, a.body.trim())),
+                        Err(e) => t.errors.push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    (handles, tally)
+}
+
+/// Stop the keep-alive load, print what it saw, and assert every answer was a 2xx with no failed request;
+/// connections nginx closed while idle (and that the client sent again) are reported, not failures.
+pub fn assert_no_loss_keepalive(
+    stop: &AtomicBool,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    tally: &Mutex<Tally>,
+    label: &str,
+    min_requests: u64,
+) -> std::collections::BTreeMap<String, u64> {
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let t = tally.lock().unwrap();
+    println!(
+        "zero-loss keep-alive ({label}): {} requests, {} non-2xx, {} failed, {} idle connection(s) closed by nginx \
+         and sent again; by release {:?}",
+        t.requests,
+        t.non_2xx.len(),
+        t.errors.len(),
+        t.closed_idle,
+        t.releases
+    );
+    assert!(t.requests > min_requests, "the clients sent too little to mean anything: {}", t.requests);
+    assert!(t.non_2xx.is_empty(), "non-2xx answers: {:?}", &t.non_2xx[..t.non_2xx.len().min(10)]);
+    assert!(t.errors.is_empty(), "failed requests: {:?}", &t.errors[..t.errors.len().min(10)]);
+    t.releases.clone()
 }
 
 /// Run `clients` threads sending `Connection: close` GETs through nginx until `stop` is set, or until the
