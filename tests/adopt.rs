@@ -212,7 +212,9 @@ impl Drop for Layout {
         for port in self.ports {
             if let Ok(p) = std::fs::read_to_string(self.path().join(format!("app-{port}.pid"))) {
                 if let Ok(pid) = p.trim().parse::<i32>() {
-                    kill(pid, 9);
+                    if pid_alive(pid) {
+                        kill(pid, 9);
+                    }
                 }
             }
         }
@@ -220,8 +222,8 @@ impl Drop for Layout {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             for d in [&v["live"], &v["previous"]] {
                 for i in d["instances"].as_array().into_iter().flatten() {
-                    if let Some(pid) = i["pid"].as_i64() {
-                        kill(pid as i32, 9);
+                    if let Some(pid) = i["pid"].as_i64().map(|p| p as i32).filter(|p| pid_alive(*p)) {
+                        kill(pid, 9);
                     }
                 }
             }
@@ -296,6 +298,13 @@ fn a_switch_sh_setup_is_adopted_then_deployed_and_rolled_back_under_load_without
     assert!(cfg.contains(&format!("pool = [{}, {}]", l.ports[1], l.ports[0])), "{cfg}");
     assert!(cfg.contains(&format!(" {FIXTURE} --port {{{{port}}}} --release {{{{release}}}}\"\n")), "{cfg}");
     assert!(cfg.contains("keep_previous = true"), "{cfg}");
+    // Adopting again finds cutover's own upstream and refuses, changing nothing.
+    let mut again: Vec<&str> = args.clone();
+    again.push("--force");
+    let (code, _, err) = l.cutover(&again);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("is cutover's own (app shop): this app was set up or adopted already"), "{err}");
+    assert_eq!(l.file("cutover.toml"), cfg);
     std::fs::write(l.config(), format!("{cfg}\n[runtime]\nlog_dir = \"logs\"\n")).unwrap();
     l.ok(&["status", "--check"]);
     let (_, check, _) = l.cutover(&["check"]);

@@ -178,6 +178,16 @@ pub fn candidates(conf: &Conf) -> (Vec<Candidate>, Vec<String>) {
                 continue;
             };
             if let Some(up) = upstreams.iter().find(|u| u.arg(0) == Some(host)) {
+                let managed = conf.files.get(&up.file).and_then(|t| crate::upstream::parse_header(t));
+                if let Some(h) = managed {
+                    skipped.push(format!(
+                        "upstream {host} at {} is cutover's own (app {}): this app was set up or adopted already; \
+                         `cutover status` says what is recorded",
+                        up.place(),
+                        h.app
+                    ));
+                    continue;
+                }
                 match upstream_backends(up) {
                     Some(backends) => add(
                         &mut found,
@@ -293,6 +303,21 @@ mod tests {
         assert_eq!(pick(found, &[], Some("[::1]:9000")).unwrap().live_ports(), [9000]);
         assert_eq!(url_path("http://[::1]:9000/app/"), "/app/");
         assert_eq!(url_path("http://127.0.0.1:8081"), "");
+    }
+
+    #[test]
+    fn an_upstream_cutover_writes_is_never_adopted_again() {
+        let dump = "# configuration file /p/nginx.conf:\nhttp {\n include /p/cutover/shop.upstream.conf;\n\
+                    \x20server { listen 80; set $service_url http://shop; location / { proxy_pass $service_url; } }\n}\n\n\
+                    # configuration file /p/cutover/shop.upstream.conf:\n# Managed by cutover\n\
+                    # app shop | generation 1 | live v1\nupstream shop {\n    server 127.0.0.1:8081;  # v1\n}\n\n";
+        let (found, skipped) = candidates(&Conf::parse(dump));
+        assert!(found.is_empty(), "{found:?}");
+        let e = pick(found, &skipped, None).unwrap_err();
+        assert!(
+            format!("{e}").contains("upstream shop at /p/cutover/shop.upstream.conf:3 is cutover's own (app shop)"),
+            "{e}"
+        );
     }
 
     #[test]
