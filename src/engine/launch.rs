@@ -134,6 +134,14 @@ impl Engine<'_> {
                 if streak[k] >= h.successes {
                     continue;
                 }
+                // A runtime that restarts a dead instance (systemd) may show it running again: a restart during
+                // the health check is the process exiting first.
+                if let Some(n) = self.host.runtime().details(inst).restarts.filter(|&n| n > 0) {
+                    let how =
+                        format!("it died and the {} runtime restarted it {n} time(s)", self.host.runtime().kind());
+                    failures.push((inst.clone(), Unwell::Exited(how)));
+                    continue;
+                }
                 match self.host.runtime().status(inst) {
                     Status::Exited(how) => {
                         failures.push((inst.clone(), Unwell::Exited(how)));

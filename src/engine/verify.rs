@@ -24,8 +24,28 @@ impl Engine<'_> {
         let started = self.host.now();
         let mut failed = vec![0u32; instances.len()];
         let mut probes = 0u32;
+        // A runtime that restarts a dead instance by itself (systemd) shows it running again a moment later: a
+        // restart is a death. An instance this operation started has had none; one it reuses, those it had.
+        let started_here =
+            |i: &Instance| self.state().in_progress.as_ref().is_some_and(|o| o.started.iter().any(|s| s.same(i)));
+        let baseline: Vec<Option<u32>> = instances
+            .iter()
+            .map(|i| if started_here(i) { Some(0) } else { self.host.runtime().details(i).restarts })
+            .collect();
         loop {
             for (k, inst) in instances.iter().enumerate() {
+                if let (Some(was), Some(now)) = (baseline[k], self.host.runtime().details(inst).restarts) {
+                    if now > was {
+                        let why = format!(
+                            "{} died and was restarted by the {} runtime ({} restart(s) since it passed its health \
+                             check)",
+                            inst.describe(),
+                            self.host.runtime().kind(),
+                            now - was
+                        );
+                        return Err(self.verify_failed(t, why));
+                    }
+                }
                 match self.host.runtime().status(inst) {
                     Status::Running => {}
                     Status::Exited(how) => {
