@@ -154,3 +154,30 @@ fn a_state_disk_that_fills_up_at_the_flip_never_stops_what_nginx_routes_to() {
     assert_no_loss(&stop, handles, &tally, "after a full state disk at the flip", 50);
     assert_settled(&env);
 }
+
+// A host where a newer cutover ran (then the package was downgraded, or two versions are installed): its
+// state.json carries a higher version and fields this one does not know. Reading it as if it were its own and
+// writing it back would silently drop what the newer version recorded; it must be refused and left as it is.
+#[test]
+fn a_state_written_by_a_newer_cutover_is_refused_and_left_untouched() {
+    let env = Env::new();
+    env.ok(&["deploy", "--release", "v1"]);
+    let path = env.path().join("state/shop/state.json");
+    let mut state = env.state();
+    let version = state["version"].as_u64().unwrap();
+    state["version"] = (version + 1).into();
+    state["drained_by"] = serde_json::json!({"what": "a field only the newer version knows"});
+    let text = serde_json::to_string_pretty(&state).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    let before = app_processes(&env);
+
+    let (code, out, err) = env.run(&["deploy", "--release", "v2"]);
+    assert_eq!(code, 8, "a deploy over a newer state must be refused (exit 8):\n{out}\n{err}");
+    assert!(err.contains(&format!("version {}", version + 1)), "the refusal names the state's version:\n{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "state.json was rewritten");
+    assert_eq!(app_processes(&env), before, "something was started or stopped");
+    assert_eq!(env.serving(), "v1");
+    let (code, _, err) = env.run(&["recover"]);
+    assert_eq!(code, 8, "recover must not rewrite a newer state either:\n{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "state.json was rewritten by recover");
+}
