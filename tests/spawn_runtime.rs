@@ -387,3 +387,30 @@ fn a_full_log_filesystem_costs_output_not_requests() {
     assert_eq!(code, 0, "{out}\n{err}");
     drop(stop);
 }
+
+// `runtime.log_dir` pointed at a directory that already exists and that other things use (`/var/log` itself,
+// or an app directory shared with a group): cutover may write its files there, but it must not change the
+// directory's mode, which would lock out every other service (a daemon writing `/var/log/postgresql` as its own
+// user can no longer reach it through a 0700 `/var/log`). One that others can write is refused instead.
+#[test]
+fn an_existing_log_dir_keeps_its_mode_and_one_others_can_write_is_refused() {
+    let env = Env::new();
+    let shared = env.path().join("varlog");
+    std::fs::create_dir_all(shared.join("postgresql")).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    env.write_config(&cfg.replacen("log_dir = \"logs\"", "log_dir = \"varlog\"", 1));
+    env.ok(&["deploy", "--release", "v1"]);
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "the deploy changed the mode of the existing directory runtime.log_dir names");
+    assert!(shared.join(format!("v1-{}.log", env.pool[0])).exists(), "the app's output is written there");
+
+    // Writable by others (no sticky bit): another user could plant the log file names. Refused, nothing started.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, out, err) = env.run(&["deploy", "--release", "v2"]);
+    assert_eq!(code, 8, "a log_dir others can write must be refused:\n{out}\n{err}");
+    assert!(err.contains("chmod"), "the refusal says how to fix it:\n{err}");
+    assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o777, "its mode was changed");
+    assert_eq!(env.serving(), "v1");
+    assert!(env.state()["in_progress"].is_null(), "an operation was left recorded: {}", env.state());
+}
