@@ -381,7 +381,7 @@ fn a_release_systemd_restarts_during_the_verify_window_is_switched_back() {
     let cfg = std::fs::read_to_string(&env.config).unwrap();
     env.write_config(&cfg.replacen("interval = \"50ms\"", "interval = \"1s\"", 1));
     env.ok(&["deploy", "--release", "v1"]);
-    let mut child = env.cutover().args(["deploy", "--release", "v2"]).stderr(Stdio::piped()).spawn().unwrap();
+    let child = env.cutover().args(["deploy", "--release", "v2"]).stderr(Stdio::piped()).spawn().unwrap();
     // The switch is recorded (traffic on v2): the verify window runs from here for 6 s.
     assert!(wait_until(Duration::from_secs(30), || env.state()["live"]["release"] == "v2"));
     std::thread::sleep(Duration::from_millis(1500));
