@@ -181,3 +181,27 @@ fn a_state_written_by_a_newer_cutover_is_refused_and_left_untouched() {
     assert_eq!(code, 8, "recover must not rewrite a newer state either:\n{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "state.json was rewritten by recover");
 }
+
+// `nginx.binary` names a binary that is not there (a typo, a path from another host). The deploy cannot validate
+// or reload anything, so it must not start the release first, and `--dry-run`, the preflight CI runs, must say
+// so with the code the real run exits with.
+#[test]
+fn a_missing_nginx_binary_is_refused_before_anything_starts_and_dry_run_says_so() {
+    let env = Env::new();
+    env.ok(&["deploy", "--release", "v1"]);
+    let missing = env.path().join("sbin/nginx");
+    let text = env.default_config().replacen(
+        "prefix = \"nginx\"",
+        &format!("binary = \"{}\"\nprefix = \"nginx\"", missing.display()),
+        1,
+    );
+    env.write_config(&text);
+    let (dry, out, err) = env.run(&["deploy", "--release", "v2", "--dry-run"]);
+    let before = app_processes(&env);
+    let (code, _, err2) = env.run(&["deploy", "--release", "v2"]);
+    assert_ne!(code, 0, "{err2}");
+    assert_eq!(dry, code, "the dry run predicted exit {dry}, the deploy exited {code}:\n{out}\n{err}\n---\n{err2}");
+    assert!(!err2.contains("start     v2"), "v2 was started though nginx could not be run:\n{err2}");
+    assert_eq!(app_processes(&env), before, "the deploy started or stopped an app process");
+    assert_eq!(env.serving(), "v1");
+}
