@@ -185,6 +185,8 @@ impl RealNginx {
     /// command line is `nginx: master process …` or its executable is the nginx binary), so that a stale pid
     /// file naming some other process never gets that process signalled.
     pub fn find_master(&self) -> Result<Master> {
+        // Without its binary nginx can be neither validated nor reloaded: a plan must not go ahead.
+        Self::find(&self.cfg).map_err(|e| Failure::error(Code::Nginx, format!("{e:#}")))?;
         let pid_file = self.pid_file()?;
         let text = std::fs::read_to_string(&pid_file).map_err(|e| {
             not_running(format!(
