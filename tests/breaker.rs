@@ -205,3 +205,27 @@ fn a_missing_nginx_binary_is_refused_before_anything_starts_and_dry_run_says_so(
     assert_eq!(app_processes(&env), before, "the deploy started or stopped an app process");
     assert_eq!(env.serving(), "v1");
 }
+
+// A config value the systemd runtime cannot write into a unit (an `app.env` value with a newline) is a config
+// mistake like any other: exit 2 from the dry run and from the deploy, not the "unexpected error" exit 1, and
+// nothing runs. (systemctl is `false` here: the deploy must stop before it would call it.)
+#[test]
+fn a_value_a_systemd_unit_cannot_carry_is_a_config_error() {
+    let env = Env::new();
+    let units = env.path().join("units");
+    let text = env
+        .default_config()
+        .replacen("stop_timeout = \"5s\"", "stop_timeout = \"5s\"\nenv = { GREETING = \"two\\nlines\" }", 1)
+        .replacen(
+            "[runtime]\nkind = \"spawn\"\n",
+            &format!("[runtime]\nkind = \"systemd\"\nunit_dir = \"{}\"\nsystemctl = [\"false\"]\n", units.display()),
+            1,
+        );
+    env.write_config(&text);
+    let (dry, out, err) = env.run(&["deploy", "--release", "v1", "--dry-run"]);
+    assert_eq!(dry, 2, "the dry run:\n{out}\n{err}");
+    let (code, _, err) = env.run(&["deploy", "--release", "v1"]);
+    assert_eq!(code, 2, "the deploy:\n{err}");
+    assert!(err.contains("GREETING"), "the error names the value:\n{err}");
+    assert!(app_processes(&env).is_empty());
+}
