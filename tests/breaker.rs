@@ -229,3 +229,15 @@ fn a_value_a_systemd_unit_cannot_carry_is_a_config_error() {
     assert!(err.contains("GREETING"), "the error names the value:\n{err}");
     assert!(app_processes(&env).is_empty());
 }
+
+// `canary.interval = "0s"`: a hold of no time sees no request, and a hold that sees none aborts, so every
+// canary with this config fails (exit 6) after starting the release. Like every other duration that can only
+// fail at zero, it is refused where it is written.
+#[test]
+fn a_zero_canary_interval_is_refused_where_it_is_written() {
+    let env = Env::new();
+    env.write_config(&format!("{}\n[canary]\ninterval = \"0s\"\n", env.default_config()));
+    let (code, out, err) = env.run(&["deploy", "--release", "v1", "--strategy", "canary", "--dry-run"]);
+    assert_eq!(code, 2, "a zero canary.interval must be a config error:\n{out}\n{err}");
+    assert!(err.contains("cutover.toml") && err.contains("interval"), "{err}");
+}
