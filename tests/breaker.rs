@@ -241,3 +241,33 @@ fn a_zero_canary_interval_is_refused_where_it_is_written() {
     assert_eq!(code, 2, "a zero canary.interval must be a config error:\n{out}\n{err}");
     assert!(err.contains("cutover.toml") && err.contains("interval"), "{err}");
 }
+
+// A CI runner or CodeDeploy agent behind a corporate proxy has `http_proxy` (or `ALL_PROXY`) in its
+// environment, often without loopback in `no_proxy`. The health probes go to the app on this host's bind
+// address; sent through the proxy they reach the proxy's host instead, and a healthy release fails its deploy
+// (exit 3) while `status` calls the live one unhealthy.
+#[test]
+fn health_probes_never_go_through_a_proxy_from_the_environment() {
+    let env = Env::new();
+    let proxy = format!("http://127.0.0.1:{}", free_port()); // nothing listens there
+    let run = |args: &[&str]| {
+        let out = env
+            .cutover()
+            .args(args)
+            .env("http_proxy", &proxy)
+            .env("HTTP_PROXY", &proxy)
+            .env("ALL_PROXY", &proxy)
+            .env_remove("no_proxy")
+            .env_remove("NO_PROXY")
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let text = env.default_config().replacen("deadline = \"15s\"", "deadline = \"3s\"", 1);
+    env.write_config(&text);
+    let (code, err) = run(&["deploy", "--release", "v1"]);
+    assert_eq!(code, 0, "a healthy release failed its deploy with a proxy in the environment:\n{err}");
+    assert_eq!(env.serving(), "v1");
+    let (code, err) = run(&["status", "--check"]);
+    assert_eq!(code, 0, "status --check with a proxy in the environment:\n{err}");
+}
