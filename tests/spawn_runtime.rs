@@ -414,3 +414,36 @@ fn an_existing_log_dir_keeps_its_mode_and_one_others_can_write_is_refused() {
     assert_eq!(env.serving(), "v1");
     assert!(env.state()["in_progress"].is_null(), "an operation was left recorded: {}", env.state());
 }
+
+// After `cutover stop`, "`up`, `restart` or a deploy bring it back": a deploy of a new release with any strategy
+// must leave nginx serving it. A rolling or all-at-once deploy kept the app recorded offline (the new release
+// running, listed `down`, every request a 502) and exited 0; a canary reported 10 % of traffic while nginx
+// answered 502 to all of it.
+#[test]
+fn a_deploy_after_stop_brings_the_app_back_whatever_the_strategy() {
+    let env = Env::with(Opts {
+        access_log: true,
+        extra: "\n[canary]\ninterval = \"manual\"\naccess_log = \"nginx/logs/shop.cutover.log\"\n".into(),
+        ..Opts::default()
+    });
+    env.ok(&["deploy", "--release", "v1"]);
+    let mut wrong = Vec::new();
+    for (n, strategy) in ["rolling", "all-at-once", "canary", "blue-green"].iter().enumerate() {
+        env.ok(&["stop"]);
+        let release = format!("v{}", n + 2);
+        let (code, out, err) = env.run(&["deploy", "--release", &release, "--strategy", strategy]);
+        assert_eq!(code, 0, "{strategy} deploy after stop:\n{out}\n{err}");
+        let answers: Vec<u16> = (0..10).map(|_| env.get("/").map(|(s, _)| s).unwrap_or(0)).collect();
+        if answers.iter().any(|s| *s != 200) || env.state()["offline"] == true {
+            wrong.push(format!(
+                "{strategy}: exit 0, state offline={}, nginx answered {answers:?}\n{}",
+                env.state()["offline"],
+                out.trim()
+            ));
+        }
+        // Whatever happened, leave the app serving for the next strategy.
+        let _ = env.run(&["abort"]);
+        env.run(&["up"]);
+    }
+    assert!(wrong.is_empty(), "a deploy after `cutover stop` left the site down:\n{}", wrong.join("\n"));
+}
