@@ -5,6 +5,7 @@
 //! new config adds a `listen` on a busy port. A reload therefore counts only when new worker processes appear
 //! under the master; the old workers are remembered so that the drain can wait until they have exited.
 
+pub mod cmdline;
 pub mod dump;
 
 use std::path::{Path, PathBuf};
@@ -219,6 +220,18 @@ impl RealNginx {
                     pid_file.display(),
                     if cmdline.is_empty() { proc::comm(pid).unwrap_or_default() } else { cmdline },
                     exe.map(|e| format!(" ({})", e.display())).unwrap_or_default()
+                ),
+            ));
+        }
+        if let Some(why) = cmdline::runs_another_config(&cmdline, self.cfg.prefix.as_deref(), self.cfg.conf.as_deref())
+        {
+            return Err(Failure::error(
+                Code::Nginx,
+                format!(
+                    "the nginx pid file {} names pid {pid}, an nginx master of another nginx: {why} (`{cmdline}`). \
+                     Reloading it would not reach the nginx that routes this app; point nginx.pid_file at that \
+                     nginx's master (or fix nginx.prefix / nginx.conf)",
+                    pid_file.display()
                 ),
             ));
         }
