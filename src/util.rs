@@ -66,10 +66,12 @@ pub fn refuse_symlink(path: &Path) -> Result<()> {
 
 /// Create `dir` (and parents) with mode 0700 for the last component, refusing a symlink there and a directory
 /// that belongs to another user: whoever owns it could plant a symlink inside and make cutover write where they
-/// choose.
+/// choose. A directory that already exists keeps its mode (it may be one other services use, such as
+/// `/var/log`); one that group or others can write is refused for the same reason as another user's.
 pub fn private_dir(dir: &Path) -> Result<()> {
     refuse_symlink(dir)?;
-    if !dir.exists() {
+    let created = !dir.exists();
+    if created {
         fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     }
     let meta = fs::metadata(dir).with_context(|| format!("could not inspect {}", dir.display()))?;
@@ -77,9 +79,20 @@ pub fn private_dir(dir: &Path) -> Result<()> {
         bail!("{} is not a directory", dir.display());
     }
     owned_by_me(dir, &meta)?;
-    if meta.mode() & 0o777 != 0o700 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("could not set mode 0700 on {}", dir.display()))?;
+    if created {
+        if meta.mode() & 0o777 != 0o700 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("could not set mode 0700 on {}", dir.display()))?;
+        }
+    } else if meta.mode() & 0o022 != 0 {
+        return Err(crate::exit::refused(format!(
+            "refusing to use {}: group or other users can write it (mode {:04o}), so they could plant files there \
+             that cutover would then write through. Fix: `chmod go-w {}` (or point deploy.state_dir / \
+             runtime.log_dir elsewhere)",
+            dir.display(),
+            meta.mode() & 0o7777,
+            dir.display()
+        )));
     }
     Ok(())
 }

@@ -867,3 +867,28 @@ fn a_release_whose_directory_is_missing_is_refused_before_anything_starts_and_dr
     env.ok(&["deploy", "--release", "v2"]);
     assert_eq!(env.serving(), "v2");
 }
+
+// The usual layout without `app.release_dir`: the app runs in its release's directory (`app.workdir =
+// ".../releases/{{release}}"`) and `app.start` names no path. A release that was never staged there cannot
+// start; it is refused like a missing `release_dir` (exit 8, nothing started), and the dry run says so.
+#[test]
+fn a_release_whose_workdir_is_missing_is_refused_before_anything_starts_and_dry_run_says_so() {
+    let env = Env::new();
+    let releases = env.path().join("releases");
+    std::fs::create_dir_all(releases.join("v1")).unwrap();
+    let cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("[ports]\n", &format!("workdir = \"{}/{{{{release}}}}\"\n\n[ports]\n", releases.display()));
+    env.write_config(&cfg);
+    env.ok(&["deploy", "--release", "v1"]);
+    let (dry, out, _) = env.run(&["deploy", "--release", "v2", "--dry-run"]);
+    let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
+    assert_eq!(code, 8, "a release that is not staged is refused (exit 8):\n{err}");
+    assert_eq!(dry, code, "the dry run predicted exit {dry}:\n{out}");
+    assert!(err.contains(&format!("{}/v2 does not exist", releases.display())), "{err}");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", env.pool[1])).is_ok(), "nothing started");
+    assert!(env.state()["in_progress"].is_null());
+    std::fs::create_dir_all(releases.join("v2")).unwrap();
+    env.ok(&["deploy", "--release", "v2"]);
+    assert_eq!(env.serving(), "v2");
+}

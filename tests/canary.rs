@@ -437,3 +437,37 @@ fn analysis_aborts_a_canary_much_slower_than_the_stable_release() {
     assert_eq!(env.state()["canary"], serde_json::Value::Null);
     assert_eq!(env.serving(), "v1");
 }
+
+// Low traffic (a quiet hour, a small site): each hold sends the canary fewer requests than
+// canary.min_requests, and every one of them is a 500. That is not "too few to judge": whatever the requests
+// still missing to min_requests would have answered, the 5xx rate is already above canary.max_error_rate. The
+// canary must be aborted (exit 6), not promoted to live with a warning.
+#[test]
+fn a_canary_whose_few_requests_already_exceed_the_error_rate_is_aborted_not_promoted() {
+    let env = canary_env("2s", "");
+    env.ok(&["deploy", "--release", "v1"]);
+    env.flags("v2", "--fail-rate 1.0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = env.nginx_port;
+    let flag = stop.clone();
+    // About 10 requests a second: a 2 s hold at 10 % sends the canary about 2, at 50 % about 10 (min_requests 20).
+    let client = std::thread::spawn(move || {
+        let mut seen: BTreeMap<u16, u64> = BTreeMap::new();
+        let started = std::time::Instant::now();
+        while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+            if let Ok((status, _)) = http_get(port, "/", Duration::from_secs(5)) {
+                *seen.entry(status).or_default() += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        seen
+    });
+    let (code, out, err) = env.run(&["deploy", "--release", "v2", "--strategy", "canary"]);
+    stop.store(true, Ordering::Relaxed);
+    let seen = client.join().unwrap();
+    println!("the client saw {seen:?}");
+    assert!(seen.get(&500).copied().unwrap_or(0) > 0, "the canary answered no request at all: {seen:?}\n{err}");
+    assert_eq!(code, 6, "a canary that answered every request it got with a 500 was not aborted:\n{out}{err}");
+    assert_eq!(env.state()["live"]["release"], "v1");
+    assert_eq!(shares(&env, 100).keys().collect::<Vec<_>>(), vec!["v1"]);
+}

@@ -447,3 +447,41 @@ fn a_failed_start_shows_the_first_error_looking_lines_of_its_output() {
     assert!(err.contains("shutting down: closing pool 39"), "{err}");
     assert!(!err.contains("closing pool 5\n"), "only the last lines of the noise: {err}");
 }
+
+// A pid file that names a running nginx master, but another nginx's (a second nginx on the host, a pid_file
+// copied from another setup): cutover reloaded that one, saw its new workers, drained them, and stopped the old
+// release while the nginx that routes this app never reloaded; every request was a 502 from then on, exit 0.
+// The master's command line says which config it runs (`-p`, `-c`): one that is not this config's is refused.
+#[test]
+fn a_pid_file_naming_another_nginxs_master_is_refused_before_anything_is_signalled() {
+    let env = Env::new();
+    env.ok(&["deploy", "--release", "v1"]);
+    // A second private nginx with a config of its own.
+    let other = Env::new();
+    let other_pid = other.master_pid().unwrap();
+    let text = std::fs::read_to_string(&env.config).unwrap().replacen(
+        "conf = \"conf/nginx.conf\"",
+        &format!("conf = \"conf/nginx.conf\"\npid_file = \"{}\"", other.path().join("nginx/logs/nginx.pid").display()),
+        1,
+    );
+    env.write_config(&text);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, tally) = load(env.nginx_port, 4, 100_000, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, _, err) = env.run(&["deploy", "--release", "v2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let t = tally.lock().unwrap();
+    println!("{} requests, {} non-2xx, {} errors; deploy exited {code}", t.requests, t.non_2xx.len(), t.errors.len());
+    assert!(
+        t.non_2xx.is_empty() && t.errors.is_empty(),
+        "the deploy exited {code} and requests failed through the nginx that routes the app: {:?}\n{err}",
+        &t.non_2xx[..t.non_2xx.len().min(3)]
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(&other_pid.to_string()), "the refusal names the master it found:\n{err}");
+    assert_eq!(env.serving(), "v1");
+}

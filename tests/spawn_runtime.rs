@@ -387,3 +387,63 @@ fn a_full_log_filesystem_costs_output_not_requests() {
     assert_eq!(code, 0, "{out}\n{err}");
     drop(stop);
 }
+
+// `runtime.log_dir` pointed at a directory that already exists and that other things use (`/var/log` itself,
+// or an app directory shared with a group): cutover may write its files there, but it must not change the
+// directory's mode, which would lock out every other service (a daemon writing `/var/log/postgresql` as its own
+// user can no longer reach it through a 0700 `/var/log`). One that others can write is refused instead.
+#[test]
+fn an_existing_log_dir_keeps_its_mode_and_one_others_can_write_is_refused() {
+    let env = Env::new();
+    let shared = env.path().join("varlog");
+    std::fs::create_dir_all(shared.join("postgresql")).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    env.write_config(&cfg.replacen("log_dir = \"logs\"", "log_dir = \"varlog\"", 1));
+    env.ok(&["deploy", "--release", "v1"]);
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "the deploy changed the mode of the existing directory runtime.log_dir names");
+    assert!(shared.join(format!("v1-{}.log", env.pool[0])).exists(), "the app's output is written there");
+
+    // Writable by others (no sticky bit): another user could plant the log file names. Refused, nothing started.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, out, err) = env.run(&["deploy", "--release", "v2"]);
+    assert_eq!(code, 8, "a log_dir others can write must be refused:\n{out}\n{err}");
+    assert!(err.contains("chmod"), "the refusal says how to fix it:\n{err}");
+    assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o777, "its mode was changed");
+    assert_eq!(env.serving(), "v1");
+    assert!(env.state()["in_progress"].is_null(), "an operation was left recorded: {}", env.state());
+}
+
+// After `cutover stop`, "`up`, `restart` or a deploy bring it back": a deploy of a new release with any strategy
+// must leave nginx serving it. A rolling or all-at-once deploy kept the app recorded offline (the new release
+// running, listed `down`, every request a 502) and exited 0; a canary reported 10 % of traffic while nginx
+// answered 502 to all of it.
+#[test]
+fn a_deploy_after_stop_brings_the_app_back_whatever_the_strategy() {
+    let env = Env::with(Opts {
+        access_log: true,
+        extra: "\n[canary]\ninterval = \"manual\"\naccess_log = \"nginx/logs/shop.cutover.log\"\n".into(),
+        ..Opts::default()
+    });
+    env.ok(&["deploy", "--release", "v1"]);
+    let mut wrong = Vec::new();
+    for (n, strategy) in ["rolling", "all-at-once", "canary", "blue-green"].iter().enumerate() {
+        env.ok(&["stop"]);
+        let release = format!("v{}", n + 2);
+        let (code, out, err) = env.run(&["deploy", "--release", &release, "--strategy", strategy]);
+        assert_eq!(code, 0, "{strategy} deploy after stop:\n{out}\n{err}");
+        let answers: Vec<u16> = (0..10).map(|_| env.get("/").map(|(s, _)| s).unwrap_or(0)).collect();
+        if answers.iter().any(|s| *s != 200) || env.state()["offline"] == true {
+            wrong.push(format!(
+                "{strategy}: exit 0, state offline={}, nginx answered {answers:?}\n{}",
+                env.state()["offline"],
+                out.trim()
+            ));
+        }
+        // Whatever happened, leave the app serving for the next strategy.
+        let _ = env.run(&["abort"]);
+        env.run(&["up"]);
+    }
+    assert!(wrong.is_empty(), "a deploy after `cutover stop` left the site down:\n{}", wrong.join("\n"));
+}

@@ -506,3 +506,42 @@ fn the_generation_endpoint_init_writes_answers_loopback_only() {
     assert_eq!(status, 403, "a non-loopback client got {status}: {body}");
     assert!(body.contains("403 Forbidden"), "nginx's own 403 page, not the generation: {body}");
 }
+
+// Hook lines as people write them: strict-mode shells (`bash -eu -o pipefail`), brace groups, and the usual
+// wrappers (`timeout`, `nice`, `setsid`). The script each runs is as much a command cutover takes as a bare
+// `/srv/hooks/x.sh`, so a copy others can change is refused the same way.
+#[test]
+fn hook_scripts_behind_shell_options_braces_and_wrappers_are_judged_too() {
+    let env = marked();
+    let script = env.path().join("notify.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    chmod(&script, 0o777);
+    let s = script.display().to_string();
+    let forms = [
+        format!("bash -eu -o pipefail {s}"),
+        format!("sh -o errexit {s}"),
+        format!("{{ {s}; }}"),
+        format!("timeout 60 {s}"),
+        format!("timeout -s KILL 5m {s}"),
+        format!("nice -n 10 {s}"),
+        format!("setsid {s}"),
+    ];
+    let before = env.upstream();
+    let base = std::fs::read_to_string(&env.config).unwrap();
+    let mut missed = Vec::new();
+    for form in &forms {
+        let cfg = base.replace(&hook_line(&env), &format!("{}\nafter_switch = {:?}", hook_line(&env), form));
+        env.write_config(&cfg);
+        let (code, out, err) = env.run(&["deploy", "--release", "v1", "--dry-run"]);
+        if code != 2 || !err.contains(&format!("hooks.after_switch {s} is writable by group and others")) {
+            let said = err.lines().find(|l| l.contains("error")).unwrap_or("").to_string();
+            missed.push(format!("{form:?}: exit {code} {said}{}", if out.is_empty() { "" } else { "(a plan)" }));
+        }
+    }
+    assert!(missed.is_empty(), "hook scripts others can change were not refused:\n{}", missed.join("\n"));
+    // And with the script safe, every form deploys.
+    chmod(&script, 0o755);
+    env.write_config(&base.replace(&hook_line(&env), &format!("{}\nafter_switch = {:?}", hook_line(&env), forms[0])));
+    assert_eq!(env.upstream(), before);
+    accepted(&env);
+}

@@ -202,13 +202,19 @@ impl Config {
         })
     }
 
-    /// The directory a release's files must be in before it is deployed: `app.release_dir`, else the part of an
-    /// absolute path in `app.start` up to its `{{release}}` directory (`/srv/shop/releases/{{release}}/shop.jar`
-    /// → `/srv/shop/releases/v42`). `None` when neither names one.
+    /// The directory a release's files must be in before it is deployed: `app.release_dir`, else `app.workdir`
+    /// when it names the release (the app cannot start without it), else the part of an absolute path in
+    /// `app.start` up to its `{{release}}` directory (`/srv/shop/releases/{{release}}/shop.jar` →
+    /// `/srv/shop/releases/v42`). `None` when none names one.
     pub fn release_dir(&self, release: &str) -> Option<PathBuf> {
         if let Some(p) = &self.app.release_dir {
             let p = PathBuf::from(p.0.replace("{{release}}", release));
             return Some(if p.is_relative() { self.base_dir().join(p) } else { p });
+        }
+        if let Some(w) = self.app.workdir.as_ref().map(|w| w.display().to_string()) {
+            if w.contains("{{release}}") {
+                return Some(PathBuf::from(w.replace("{{release}}", release)));
+            }
         }
         self.app.start.0.split_whitespace().find_map(|word| {
             let word = word.trim_matches(|c| matches!(c, '"' | '\'' | '(' | ')' | ';'));

@@ -336,7 +336,8 @@ impl std::str::FromStr for Interval {
         if s == "manual" {
             Ok(Interval::Manual)
         } else {
-            s.parse().map(Interval::Every).map_err(|e| format!("{e}, or \"manual\""))
+            // A hold of no time sees no request, and such a hold aborts: zero can only fail.
+            s.parse::<Positive>().map(|p| Interval::Every(Dur(p.0))).map_err(|e| format!("{e}, or \"manual\""))
         }
     }
 }

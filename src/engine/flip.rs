@@ -43,8 +43,26 @@ impl std::fmt::Display for Unsettled {
 
 impl std::error::Error for Unsettled {}
 
+/// nginx confirmed the new upstream but state.json could not record it (a full or read-only state directory):
+/// nginx routes by the new file, so nothing it routes to may be stopped, and the operation stays recorded (its
+/// upstream touched) for the next run, which makes nginx serve what state records.
+#[derive(Debug)]
+pub struct Unrecorded;
+
+impl std::fmt::Display for Unrecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "nginx serves the new upstream but cutover could not record it in its state, so the new instances were \
+             left running and the operation recorded; the next cutover command will make nginx serve what state \
+             records and clean up",
+        )
+    }
+}
+
+impl std::error::Error for Unrecorded {}
+
 pub fn is_unsettled(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Unsettled>().is_some()
+    e.downcast_ref::<Unsettled>().is_some() || e.downcast_ref::<Unrecorded>().is_some()
 }
 
 impl Engine<'_> {
@@ -77,7 +95,7 @@ impl Engine<'_> {
         let (_nginx_lock, _) = lock::acquire(&lock_path, Scope::Nginx, self.lock_wait)?;
         self.journal.touch_upstream()?;
         let old = self.write_test_reload(&master, before.as_deref(), &text, after.generation)?;
-        self.journal.commit(&change, Some(text))?;
+        self.journal.commit(&change, Some(text)).map_err(|e| e.context(Unrecorded))?;
         self.settle_runtime();
         Ok(Applied { master, old_workers: old, reloaded: true })
     }

@@ -55,9 +55,11 @@ impl Host for RealHost {
 }
 
 /// An HTTP agent for probes: no connection reuse (a probe must open a new connection, as nginx does), no
-/// redirects followed, any status returned rather than raised, `timeout` for the whole call.
+/// redirects followed, any status returned rather than raised, `timeout` for the whole call, and no proxy from
+/// the environment (`http_proxy` on a CI runner): what is probed is the app or nginx on this host.
 pub fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
+        .proxy(None)
         .timeout_global(Some(timeout))
         .max_idle_connections(0)
         .max_redirects(0)

@@ -470,13 +470,15 @@ impl<'h> Journal<'h> {
 
     /// nginx serves `upstream` now (or the change needs no upstream write: `None`): record the change and, with
     /// a file, bump the generation (exactly once per applied file).
+    /// A change whose write fails is not applied here either: the state in memory stays what is on disk.
     pub fn commit(&mut self, change: &Change, upstream: Option<String>) -> Result<()> {
+        let kept = self.state.clone();
         change.apply(&mut self.state);
         if let Some(text) = upstream {
             self.state.generation += 1;
             self.state.upstream = Some(text);
         }
-        self.save("commit")
+        self.save("commit").inspect_err(|_| self.state = kept)
     }
 
     /// These instances are stopped: their records keep release and port, lose their identity, and leave

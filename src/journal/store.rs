@@ -54,12 +54,15 @@ impl Store {
         let path = self.state_path();
         util::refuse_symlink(&path)?;
         match fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "could not parse {}; fix or move it away (history.jsonl beside it says what was deployed)",
-                    path.display()
-                )
-            }),
+            Ok(text) => {
+                refuse_newer(&text, &path)?;
+                serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "could not parse {}; fix or move it away (history.jsonl beside it says what was deployed)",
+                        path.display()
+                    )
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::empty(app)),
             Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
         }
@@ -124,6 +127,25 @@ impl Store {
 }
 
 /// Whether a file is non-empty and does not end with a newline.
+/// A state written by a newer cutover is refused: read as this version's, the fields only the newer one knows
+/// would be dropped at the next write.
+fn refuse_newer(text: &str, path: &std::path::Path) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        version: Option<u32>,
+    }
+    let Ok(Version { version: Some(v) }) = serde_json::from_str::<Version>(text) else { return Ok(()) };
+    if v > super::STATE_VERSION {
+        return Err(crate::exit::refused(format!(
+            "{} was written by a newer cutover (state version {v}; this one reads up to {}): run that version \
+             or a later one; nothing was changed",
+            path.display(),
+            super::STATE_VERSION
+        )));
+    }
+    Ok(())
+}
+
 fn ends_torn(path: &std::path::Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = fs::File::open(path) else { return false };

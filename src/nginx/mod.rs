@@ -5,6 +5,7 @@
 //! new config adds a `listen` on a busy port. A reload therefore counts only when new worker processes appear
 //! under the master; the old workers are remembered so that the drain can wait until they have exited.
 
+pub mod cmdline;
 pub mod dump;
 
 use std::path::{Path, PathBuf};
@@ -236,6 +237,8 @@ impl RealNginx {
     /// command line is `nginx: master process …` or its executable is the nginx binary), so that a stale pid
     /// file naming some other process never gets that process signalled.
     pub fn find_master(&self) -> Result<Master> {
+        // Without its binary nginx can be neither validated nor reloaded: a plan must not go ahead.
+        Self::find(&self.cfg).map_err(|e| Failure::error(Code::Nginx, format!("{e:#}")))?;
         let pid_file = self.pid_file()?;
         let text = std::fs::read_to_string(&pid_file).map_err(|e| {
             not_running(format!(
@@ -268,6 +271,18 @@ impl RealNginx {
                     pid_file.display(),
                     if cmdline.is_empty() { proc::comm(pid).unwrap_or_default() } else { cmdline },
                     exe.map(|e| format!(" ({})", e.display())).unwrap_or_default()
+                ),
+            ));
+        }
+        if let Some(why) = cmdline::runs_another_config(&cmdline, self.cfg.prefix.as_deref(), self.cfg.conf.as_deref())
+        {
+            return Err(Failure::error(
+                Code::Nginx,
+                format!(
+                    "the nginx pid file {} names pid {pid}, an nginx master of another nginx: {why} (`{cmdline}`). \
+                     Reloading it would not reach the nginx that routes this app; point nginx.pid_file at that \
+                     nginx's master (or fix nginx.prefix / nginx.conf)",
+                    pid_file.display()
                 ),
             ));
         }

@@ -354,6 +354,13 @@ pub fn resolve(req: &Request, cfg: &Config, state: &State, snap: &Snapshot, rend
             format!("nothing is live yet, so there is nothing to compare a {strategy} with: deploying blue-green")
         });
         strategy = Strategy::BlueGreen;
+    } else if strategy.needs_live() && state.offline {
+        // Nothing serves (`cutover stop`): no running instance to replace in place or to compare a canary with.
+        notes.push(format!(
+            "the app is offline (`cutover stop`), so nothing runs to {}: deploying blue-green, which brings it back",
+            if strategy.in_place() { "replace in place".to_string() } else { format!("compare a {strategy} with") }
+        ));
+        strategy = Strategy::BlueGreen;
     }
     if strategy == Strategy::Canary && redeploy {
         refuse(Refusal::new(

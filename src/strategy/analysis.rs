@@ -155,9 +155,12 @@ fn split_list(s: &str) -> Vec<&str> {
 }
 
 /// Why the canary must be aborted, or `None` while it is within bounds (or has too few requests to judge).
+/// Below `min_requests` the 5xx rate is judged too once its errors alone decide it: whatever the requests still
+/// missing to `min_requests` answered, the rate would stay above `max_error_rate`.
 pub fn judge(t: &Tally, cfg: &Canary) -> Option<String> {
     let c = &t.canary;
-    if c.requests < cfg.min_requests {
+    let decided = c.errors_5xx as f64 > cfg.max_error_rate.0 * cfg.min_requests as f64;
+    if c.requests < cfg.min_requests && !decided {
         return None;
     }
     if c.error_rate() > cfg.max_error_rate.0 {
@@ -244,7 +247,12 @@ mod tests {
             })
             .collect();
         t.add(&lines[..10], &c, &s);
-        assert_eq!(judge(&t, &cfg(50, 0.01, None)), None, "10 requests: too few to judge");
+        assert_eq!(judge(&t, &cfg(50, 0.05, None)), None, "10 requests, 2 errors: 50 could still be within 5%");
+        let why = judge(&t, &cfg(50, 0.01, None)).expect("2 errors: 50 requests could not be within 1%");
+        assert_eq!(
+            why,
+            "canary 5xx rate 20.0% (2 of 10 requests) exceeds canary.max_error_rate 1.0% (stable: 0.0%, 0 of 0)"
+        );
         t.add(&lines[10..], &c, &s);
         assert_eq!(judge(&t, &cfg(50, 0.02, None)), None, "2% is not above 2%");
         let why = judge(&t, &cfg(50, 0.01, None)).unwrap();

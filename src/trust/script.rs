@@ -34,9 +34,24 @@ pub fn in_argv(words: &[Option<String>], base: &Path) -> Vec<PathBuf> {
     // Prefixes that run the next word.
     while let Some(Some(w)) = words.get(i) {
         if is_assignment(w)
-            || matches!(w.as_str(), "exec" | "command" | "nohup" | "time" | "!" | "then" | "do" | "else")
+            || matches!(w.as_str(), "exec" | "command" | "nohup" | "time" | "!" | "then" | "do" | "else" | "{")
         {
             i += 1;
+        } else if let Some(takes_arg) = wrapper(w) {
+            // `timeout 60 x`, `nice -n 10 x`, `setsid x`: options (and their arguments), then the command.
+            let positional = usize::from(w == "timeout");
+            i += 1;
+            let mut seen = 0;
+            while let Some(Some(w)) = words.get(i) {
+                if w.starts_with('-') && w.len() > 1 {
+                    i += if takes_arg(w) { 2 } else { 1 };
+                } else if seen < positional {
+                    seen += 1;
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
         } else if w == "env" {
             i += 1;
             while let Some(Some(w)) = words.get(i) {
@@ -57,14 +72,20 @@ pub fn in_argv(words: &[Option<String>], base: &Path) -> Vec<PathBuf> {
     }
     let name = cmd.rsplit('/').next().unwrap_or(cmd);
     let Some(inline) = interpreter(name) else { return out };
-    for w in &words[i + 1..] {
+    let mut rest = words[i + 1..].iter();
+    while let Some(w) = rest.next() {
         let Some(w) = w else { break };
         if w == "--" {
             continue;
         }
-        if let Some(opts) = w.strip_prefix('-') {
+        // A shell's `+x` / `+o name` turn options off: options all the same.
+        let opts = w.strip_prefix('-').or_else(|| w.strip_prefix('+').filter(|_| is_shell(name)));
+        if let Some(opts) = opts {
             if inline(opts) {
                 break;
+            }
+            if option_takes_arg(name, opts) {
+                rest.next();
             }
             continue;
         }
@@ -72,6 +93,55 @@ pub fn in_argv(words: &[Option<String>], base: &Path) -> Vec<PathBuf> {
         break;
     }
     out
+}
+
+/// Commands that run the rest of their arguments as a command, with a test of which of their options take a
+/// separate argument.
+fn wrapper(name: &str) -> Option<fn(&str) -> bool> {
+    fn timeout(o: &str) -> bool {
+        matches!(o, "-s" | "-k" | "--signal" | "--kill-after")
+    }
+    fn nice(o: &str) -> bool {
+        matches!(o, "-n" | "--adjustment")
+    }
+    fn ionice(o: &str) -> bool {
+        matches!(o, "-c" | "-n" | "--class" | "--classdata")
+    }
+    fn stdbuf(o: &str) -> bool {
+        matches!(o, "-i" | "-o" | "-e")
+    }
+    fn none(_: &str) -> bool {
+        false
+    }
+    match name {
+        "timeout" => Some(timeout),
+        "nice" => Some(nice),
+        "ionice" => Some(ionice),
+        "stdbuf" => Some(stdbuf),
+        "setsid" => Some(none),
+        _ => None,
+    }
+}
+
+fn is_shell(name: &str) -> bool {
+    matches!(name, "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash")
+}
+
+/// Whether an interpreter's option word (without its `-` or `+`) is followed by a separate argument that is not
+/// the script: `bash -o pipefail x.sh`, `python3 -W ignore x.py`, `node -r dotenv/config x.js`.
+fn option_takes_arg(name: &str, opts: &str) -> bool {
+    if is_shell(name) {
+        return opts.ends_with('o') && !opts.starts_with('-')
+            || opts.ends_with('O') && !opts.starts_with('-')
+            || matches!(opts, "-rcfile" | "-init-file");
+    }
+    if name.starts_with("python") {
+        return matches!(opts, "W" | "X");
+    }
+    if matches!(name, "node" | "nodejs") {
+        return matches!(opts, "r" | "-require");
+    }
+    false
 }
 
 /// For an interpreter: a test of one option word (without its `-`) that says the code is inline, not a file.
@@ -270,6 +340,27 @@ mod tests {
         assert!(scripts("python3 -m http.server").is_empty());
         assert!(scripts("perl -e 'print 1'").is_empty());
         assert!(scripts("node -e 'console.log(1)'").is_empty());
+    }
+
+    #[test]
+    fn interpreter_options_with_an_argument_are_not_the_script() {
+        assert_eq!(scripts("bash -eu -o pipefail /srv/x.sh"), ["/srv/x.sh"]);
+        assert_eq!(scripts("bash -euo pipefail /srv/x.sh"), ["/srv/x.sh"]);
+        assert_eq!(scripts("sh +x -o errexit /srv/x.sh"), ["/srv/x.sh"]);
+        assert_eq!(scripts("bash -O extglob --rcfile /etc/rc /srv/x.sh"), ["/srv/x.sh"]);
+        assert_eq!(scripts("python3 -W ignore migrate.py"), ["/srv/app/migrate.py"]);
+        assert_eq!(scripts("node -r dotenv/config /srv/x.js"), ["/srv/x.js"]);
+    }
+
+    #[test]
+    fn brace_groups_and_wrappers_run_the_command_after_them() {
+        assert_eq!(scripts("{ /srv/x.sh; }"), ["/srv/x.sh"]);
+        assert_eq!(scripts("timeout 60 /srv/x.sh"), ["/srv/x.sh"]);
+        assert_eq!(scripts("timeout -s KILL --preserve-status 5m sh /srv/x.sh"), ["/srv/x.sh"]);
+        assert_eq!(scripts("nice -n 10 /srv/x.sh"), ["/srv/x.sh"]);
+        assert_eq!(scripts("nice -5 ionice -c 3 /srv/x.sh"), ["/srv/x.sh"]);
+        assert_eq!(scripts("setsid -f stdbuf -o L /srv/x.sh"), ["/srv/x.sh"]);
+        assert!(scripts("timeout 60 curl -fsS https://example.com").is_empty());
     }
 
     #[test]

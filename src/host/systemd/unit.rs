@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::{Systemd, DROPIN, RESTART_SEC};
 use crate::host::appenv::Launch;
@@ -85,9 +85,12 @@ fn escape_specifiers(s: &str) -> String {
     s.replace('%', "%%")
 }
 
+/// A value the config gave that a unit cannot carry is a config error (exit 2).
 fn no_control(what: &str, s: &str) -> Result<()> {
     if s.chars().any(|c| c.is_control()) {
-        bail!("{what} holds a newline or control character, which a systemd unit cannot carry: {s:?}");
+        return Err(crate::exit::usage(format!(
+            "{what} holds a newline or control character, which a systemd unit cannot carry: {s:?}"
+        )));
     }
     Ok(())
 }
@@ -110,7 +113,7 @@ fn unit_path(p: &Path) -> Result<String> {
     let s = p.display().to_string();
     no_control("a path", &s)?;
     if !p.is_absolute() {
-        bail!("{s} is not an absolute path");
+        return Err(crate::exit::usage(format!("{s} is not an absolute path")));
     }
     Ok(escape_specifiers(&s))
 }
