@@ -447,3 +447,34 @@ fn a_deploy_after_stop_brings_the_app_back_whatever_the_strategy() {
     }
     assert!(wrong.is_empty(), "a deploy after `cutover stop` left the site down:\n{}", wrong.join("\n"));
 }
+
+// At boot nginx may fail or start after `cutover up`: the app still comes back, on its ports, and nginx serves it
+// the moment it runs.
+#[test]
+fn up_brings_the_app_back_while_nginx_is_down_and_nginx_serves_it_when_it_starts() {
+    let env = Env::new();
+    env.ok(&["deploy", "--release", "v1"]);
+    reboot_apps(&env);
+    let master = env.master_pid().unwrap();
+    kill(master, 3);
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(master)));
+    let (code, _, err) = env.run(&["up"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nginx is not running: the app is back on its ports"), "{err}");
+    let pids = live_pids(&env);
+    assert!(!pids.is_empty() && pids.iter().all(|&p| pid_alive(p)), "the app runs again: {pids:?}");
+    assert_eq!(env.state()["in_progress"], serde_json::Value::Null);
+    // nginx starts (as its unit would, after cutover's): it serves v1 with no cutover command.
+    let st = std::process::Command::new(nginx_binary())
+        .arg("-p")
+        .arg(format!("{}/", env.path().join("nginx").display()))
+        .args(["-c", "conf/nginx.conf"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(wait_until(Duration::from_secs(5), || env.get("/").is_ok_and(|(s, _)| s == 200)));
+    assert_eq!(env.serving(), "v1");
+    let (code, out, _) = env.run(&["up"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+}

@@ -124,6 +124,21 @@ fn revive(eng: &mut Engine, need: &Needed, out: &mut Revived) -> Result<()> {
         }
     }
     let change = Change::Replace { old: need.dead.clone(), new: started.clone() };
+    if eng.host.nginx().master().is_err() {
+        // At boot nginx may have failed, or start after us: bring the app back anyway, so that nginx serves it
+        // the moment it runs. The upstream file is what nginx will read then.
+        return match without_nginx(eng, change) {
+            Ok(()) => {
+                out.dead = need.dead.clone();
+                out.started = started;
+                eng.journal.done()
+            }
+            Err(e) => {
+                eng.undo_launch(&started);
+                Err(e)
+            }
+        };
+    }
     let applied = match eng.apply(change) {
         Ok(a) => a,
         Err(e) => {
@@ -140,6 +155,28 @@ fn revive(eng: &mut Engine, need: &Needed, out: &mut Revived) -> Result<()> {
     out.started = started;
     eng.journal.done()?;
     Ok(())
+}
+
+/// Record `change` while nginx is not running: the upstream file is written (validated with `nginx -t`, put back
+/// when rejected) only when it must change, and nginx reads it when it starts.
+fn without_nginx(eng: &mut Engine, change: Change) -> Result<()> {
+    let (_, text) = eng.candidate(&change)?;
+    let nginx = eng.host.nginx();
+    let before = nginx.read_upstream()?;
+    eng.progress.warn(
+        "nginx is not running: the app is back on its ports and nginx will serve it when it starts (start nginx; \
+         `cutover status` shows it)",
+    );
+    if before.as_deref() == Some(text.as_str()) {
+        return eng.journal.commit(&change, None);
+    }
+    eng.journal.touch_upstream()?;
+    nginx.write_upstream(&text)?;
+    if let Err(e) = nginx.test() {
+        nginx.restore_upstream(before.as_deref())?;
+        return Err(e);
+    }
+    eng.journal.commit(&change, Some(text))
 }
 
 /// Ports for `release`'s dead instances: each its own when it is free, else another idle pool port.
