@@ -152,8 +152,9 @@ class Published:
                "wall_ms": round((time.monotonic() - h["t"]) * 1000.0, 1), "start_unix": h["start_unix"],
                "end_unix": time.time(), "flags": h["flags"], "running_before": h["before"],
                "running_after": self.running(), "output": text[-3000:]}
-        rec["killed"] = sorted({p["release"] for p in rec["running_before"]}
-                               - {p["release"] for p in rec["running_after"]})
+        after = {p["pid"] for p in rec["running_after"]}
+        rec["killed"] = ["%s (pid %d)" % (p["release"], p["pid"]) for p in rec["running_before"]
+                         if p["pid"] not in after]
         if p.returncode == 0:
             self.deployed.append(h["release"])
         else:

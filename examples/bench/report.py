@@ -100,7 +100,7 @@ def published_bookkeeping(b):
             kept += ok[i - 1]["release"] in after
         if i >= 2:
             checked_killed += 1
-            killed += ok[i - 2]["release"] in r["killed"]
+            killed += any(k.startswith(ok[i - 2]["release"] + " ") for k in r["killed"])
     return {"kept": kept, "checked_kept": checked_kept, "killed": killed, "checked_killed": checked_killed}
 
 
