@@ -3,22 +3,33 @@
 
 Everything runs on 127.0.0.1 in a temp dir: a private nginx (worker_processes 2, ports picked free), the fixture
 app (fixtures/app.py) started by cutover exactly as the tests start it, and wrk driving load through nginx for
-the whole of each phase. Phases, in order:
+the whole of each phase. nginx has three server blocks: cutover's app, cutover's 4-instance "fleet", and the
+published blue/green pattern's (service-url.inc + proxy_pass $service_url, baseline/published/). Phases, in order:
 
   for each client mode (wrk -H "Connection: close", then keep-alive):
-    cutover   N blue/green deploys (deploy.keep_previous = false: cutover drains, then stops the old release)
-    floor     N plain `nginx -s reload` + 300 ms, no deploy (what nginx itself costs a keep-alive client)
-    cutover   K rollbacks (deploy.keep_previous = true, so a rollback is a flip), then S x `cutover status`
-    cutover   C canaries stepped to 100 % (`--strategy canary`; skipped with --skip-canary)
-    cutover   F rolling deploys of a 4-instance app ("fleet", its own server block and wrk run), with surge and
-              without (batch 1), then F all-at-once deploys (not zero-downtime: nginx answers 503 + Retry-After
-              while nothing runs; the 503s and cutover's downtime_ms are reported); skipped with --skip-fleet
-  cutover   L deploys with long requests and slow uploads in flight at each flip (examples/bench/longreq.py)
-  baseline  examples/bench/baseline/switch.sh takes over the same nginx, then for each client mode N deploys
-            under the same wrk load, then L deploys with long requests in flight
+    cutover    N blue/green deploys at the defaults (deploy.verify 5s, keep_previous false: after the verify
+               window the old release is unlisted from nginx's backup list, a second reload, then stopped)
+    cutover    N blue/green deploys with keep_previous true (one reload per deploy; the old release stays)
+    floor      N plain `nginx -s reload` + 300 ms, no deploy (what nginx itself costs a keep-alive client)
+    cutover    K rollbacks (keep_previous true, so a rollback is a flip), then S x `cutover status`
+    cutover    C canaries stepped to 100 % (`--strategy canary`; skipped with --skip-canary)
+    cutover    F rolling deploys of a 4-instance app ("fleet", its own server block and wrk run), with surge and
+               without (batch 1), then F all-at-once deploys (not zero-downtime: nginx answers 503 + Retry-After
+               while nothing runs; the 503s and cutover's downtime_ms are reported); skipped with --skip-fleet
+    published  B deploys of the published pattern (baseline/published/deploy.sh: stop.sh, start.sh, health.sh
+               with its real sleeps unless BASELINE_SLEEP is set), through its own server block
+    floor      B plain reloads through the pattern's server block
+  cutover     N deploys with deploy.verify 0s (Connection: close): what the verify window adds to a deploy
+  cases       failure cases side by side, cutover vs the published pattern, and what cutover's after-the-switch
+              safety buys (cases.py; skipped with --skip-cases)
+  cutover     L deploys with long requests and slow uploads in flight at each flip (examples/bench/longreq.py)
+  kill-at-once  the second baseline, baseline/kill-at-once.sh (written for this benchmark: it kills the old app
+              right after the reload), takes over cutover's server block, then N deploys per client mode and L
+              deploys with long requests in flight
 
-It prints one table and writes it to examples/bench/results/latest.md and latest.json. Every process it starts is
-stopped by pid (apps by process group) when it ends, also on Ctrl-C.
+It prints the tables and writes them to examples/bench/results/latest.md and latest.json, with the load average
+before, during and after the run. Every process it starts is stopped by pid (apps by process group) when it ends,
+also on Ctrl-C.
 """
 
 import argparse
@@ -33,14 +44,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+
+import report
+from cases import Cases
+from published import Published, fixture_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 FIXTURE = os.path.join(ROOT, "fixtures", "app.py")
 LUA = os.path.join(HERE, "count.lua")
 LONGREQ = os.path.join(HERE, "longreq.py")
-SWITCH = os.path.join(HERE, "baseline", "switch.sh")
+KILL_AT_ONCE = os.path.join(HERE, "baseline", "kill-at-once.sh")
 RESULTS = os.path.join(HERE, "results")
 MODES = [("close", "Connection: close"), ("keepalive", "keep-alive")]
 
@@ -111,6 +127,30 @@ def free_ports(n, used):
     return out
 
 
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def wait_quiet(max_load, max_minutes):
+    """Wait (30 s steps, at most max_minutes) until the 1-minute load average is at or below max_load.
+    Returns what was seen: {"waited_s", "quiet", "loadavg"}."""
+    t = time.monotonic()
+    while True:
+        la = loadavg()
+        if la is None or la[0] <= max_load:
+            return {"waited_s": round(time.monotonic() - t), "quiet": True, "loadavg": la, "max_load": max_load}
+        if time.monotonic() - t >= max_minutes * 60:
+            log("load average %s still above %g after %g min: running anyway" % (la, max_load, max_minutes))
+            return {"waited_s": round(time.monotonic() - t), "quiet": False, "loadavg": la, "max_load": max_load}
+        log("load average %s above %g: waiting (%d s so far, at most %g min)" % (
+            la, max_load, time.monotonic() - t, max_minutes))
+        time.sleep(30)
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -139,17 +179,25 @@ class Bench:
         # reach the prefix. The state dir cutover creates inside stays 0700.
         os.chmod(self.dir, 0o755)
         self.prefix = os.path.join(self.dir, "nginx")
-        for sub in ("nginx/conf", "nginx/logs", "state", "baseline", "wrk", "longreq"):
+        for sub in ("nginx/conf/extra", "nginx/logs", "state", "baseline", "wrk", "longreq", "flags"):
             os.makedirs(os.path.join(self.dir, sub))
+        self.fixture = FIXTURE
         self.upstream = os.path.join(self.prefix, "conf", "bench.upstream.conf")
         self.nginx_conf = os.path.join(self.prefix, "conf", "nginx.conf")
         self.access_log = os.path.join(self.prefix, "logs", "bench.cutover.log")
         self.error_log = os.path.join(self.prefix, "logs", "error.log")
         self.config = os.path.join(self.dir, "cutover.toml")
-        ports = free_ports(13, set())
+        ports = free_ports(17, set())
         self.nginx_port, self.pool, self.base_ports = ports[0], ports[1:4], ports[4:6]
         # The fleet: a second app of 4 instances behind its own server block, for rolling and all at once.
         self.fleet_port, self.fleet_pool = ports[6], ports[7:13]
+        # The published pattern: its own server block and its two app ports (real1, real2).
+        self.pub_port, self.pub_ports = ports[13], ports[14:16]
+        # where service-url.inc points before the pattern's first deploy: the app that ran before it was set up
+        # (the guides' 8080); nothing runs there
+        self.pub_initial_port = ports[16]
+        scale = os.environ.get("BASELINE_SLEEP", "").strip()
+        self.baseline_sleep_scale = float(scale) if scale else None
         self.fleet_config = os.path.join(self.dir, "fleet.toml")
         self.fleet_upstream = os.path.join(self.prefix, "conf", "fleet.upstream.conf")
         self.fleet_log = os.path.join(self.prefix, "logs", "fleet.cutover.log")
@@ -165,6 +213,21 @@ class Bench:
         self.canary_failures = []
         self.error_log_offset = 0
         self.machine = self.machine_info()
+        self.load = {"before": loadavg(), "samples": [], "after": None}
+        self.sampling = threading.Event()
+        threading.Thread(target=self.sample_load, daemon=True).start()
+        self.published = Published(self)
+        self.cases = Cases(self, self.published)
+
+    log = staticmethod(log)
+
+    def sample_load(self):
+        """The 1/5/15-minute load average every 15 s while the run lasts (this run's own wrk, nginx and apps
+        count in it too)."""
+        while not self.sampling.wait(15):
+            la = loadavg()
+            if la:
+                self.load["samples"].append([round(time.monotonic() - self.t0), *la])
 
     # ---------------------------------------------------------------- setup
 
@@ -192,12 +255,15 @@ class Bench:
             "cutover": cv.stdout.strip(),
         }
 
-    def write_config(self, keep_previous):
+    def write_config(self, keep_previous, verify="5s"):
+        """cutover's config for the main app. A release may be told to misbehave (the failure cases) by a file
+        flags/RELEASE holding fixture flags, which the start command appends."""
         pool = ", ".join(str(p) for p in self.pool)
+        flags = os.path.join(self.dir, "flags")
         text = f"""# written by examples/bench/bench.py
 [app]
 name = "bench"
-start = "exec python3 {FIXTURE} --port {{{{port}}}} --release {{{{release}}}}"
+start = "exec python3 {FIXTURE} --port {{{{port}}}} --release {{{{release}}}} $(cat {flags}/{{{{release}}}} 2>/dev/null)"
 stop_timeout = "10s"
 
 [ports]
@@ -215,6 +281,7 @@ conf = "conf/nginx.conf"
 [deploy]
 drain_timeout = "30s"
 keep_previous = {"true" if keep_previous else "false"}
+verify = "{verify}"
 state_dir = "{os.path.join(self.dir, "state")}"
 
 [runtime]
@@ -230,6 +297,15 @@ access_log = "{self.access_log}"
 """
         with open(self.config, "w") as f:
             f.write(text)
+        self.config_now = {"keep_previous": keep_previous, "verify": verify}
+
+    def set_flags(self, release, flags):
+        path = os.path.join(self.dir, "flags", release)
+        if flags:
+            with open(path, "w") as f:
+                f.write(flags + "\n")
+        elif os.path.exists(path):
+            os.unlink(path)
 
     def write_fleet_config(self, strategy, surge):
         pool = ", ".join(str(p) for p in self.fleet_pool)
@@ -287,6 +363,7 @@ http {{
     access_log off;
     include {self.upstream};
     include {self.fleet_upstream};
+    include {self.prefix}/conf/extra/*.conf;   # the failure cases drop a broken file here
     server {{
         listen 127.0.0.1:{self.nginx_port};
         access_log {self.access_log} cutover_bench;
@@ -297,8 +374,16 @@ http {{
         access_log {self.fleet_log} cutover_fleet;
 {extra}        location / {{ proxy_pass http://fleet; }}
     }}
+    server {{
+        # the published blue/green pattern (baseline/published/SOURCE.md)
+        listen 127.0.0.1:{self.pub_port};
+        access_log {self.published.access_log} cutover_bench;
+{extra}        include {self.published.service_url_inc};
+        location / {{ proxy_pass $service_url; }}
+    }}
 }}
 """
+        self.published.write_initial_service_url()
         with open(self.nginx_conf, "w") as f:
             f.write(conf)
         r = self.cutover("render")
@@ -363,6 +448,18 @@ http {{
                 doc = None
         return {"code": code, "stdout": out, "stderr": err, "wall_ms": round(wall, 1), "json": doc,
                 "start_unix": start_unix, "end_unix": time.time()}
+
+    def cutover_popen(self, *args, config=None):
+        """cutover in the background (stdout/stderr piped); the caller waits with communicate()."""
+        env = dict(os.environ)
+        env.pop("CUTOVER_CONFIG", None)
+        p = subprocess.Popen([self.cutover_bin, "-c", config or self.config, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+        self.children[p.pid] = ("cutover " + " ".join(args), False)
+        return p
+
+    def kill_group(self, pid):
+        signal_pid(pid, signal.SIGKILL, group=True)
 
     def state_pids(self, app="bench"):
         try:
@@ -440,23 +537,36 @@ http {{
 
     # ---------------------------------------------------------------- evidence
 
-    def collect_logs(self, windows, wrk_stop=None, access_log=None):
+    def collect_logs(self, windows, wrk_stop=None, access_log=None, timeline=False):
         """Non-2xx lines of the JSON access log since the last call (then truncated), and the new error-log
         lines at warn level and above. windows: [(label, start_unix, end_unix)] to attribute each line;
-        wrk_stop: when wrk was told to stop (a 499 after it is wrk closing its connections, not a loss)."""
+        wrk_stop: when wrk was told to stop (a 499 after it is wrk closing its connections, not a loss).
+        timeline: also, per upstream address, [first, last, count] of the answers it gave, and the times of
+        the first and last non-2xx."""
         bad, by = [], {}
+        spans, first_bad, last_bad = {}, None, None
         windows = sorted(windows, key=lambda w: w[1])
         access_log = access_log or self.access_log
         try:
             with open(access_log) as f:
                 for line in f:
                     if '"status":"200"' in line:
+                        if timeline:
+                            m = re.search(r'"msec":"([\d.]+)".*?"upstream":"([^"]*)"', line)
+                            if m:
+                                # "A, B" when nginx retried: the answer came from the last one
+                                t, up = float(m.group(1)), m.group(2).split(", ")[-1]
+                                sp = spans.setdefault(up, [t, t, 0])
+                                sp[0], sp[1], sp[2] = min(sp[0], t), max(sp[1], t), sp[2] + 1
                         continue
                     try:
                         d = json.loads(line)
                     except ValueError:
                         continue
                     t = float(d.get("msec", 0))
+                    if not (wrk_stop and t >= wrk_stop - 0.01 and d.get("status") == "499"):
+                        first_bad = t if first_bad is None else min(first_bad, t)
+                        last_bad = t if last_bad is None else max(last_bad, t)
                     where, op = "before the first operation", None
                     for label, s, e in windows:
                         if s <= t <= e:
@@ -498,8 +608,11 @@ http {{
                 key = "[%s] %s" % (level, msg)
                 errors.append(line)
                 counts[key] = counts.get(key, 0) + 1
-        return {"nginx_reloads": reloads, "non_2xx_by": by, "non_2xx_sample": bad,
-                "error_log_counts": counts, "error_log_lines": errors[:30]}
+        out = {"nginx_reloads": reloads, "non_2xx_by": by, "non_2xx_sample": bad,
+               "error_log_counts": counts, "error_log_lines": errors[:30]}
+        if timeline:
+            out.update(upstream_spans=spans, first_bad=first_bad, last_bad=last_bad)
+        return out
 
     # ---------------------------------------------------------------- phases
 
@@ -512,14 +625,15 @@ http {{
             e.get("connect", "-"), e.get("read", "-"), e.get("write", "-"), e.get("timeout", "-"),
             ("long ok/failed=%s/%s" % (kw["long_completed"], kw["long_failed"])) if "long_completed" in kw else ""))
 
-    def one_deploy(self, mode, strategy=None):
-        rel = self.next_release()
+    def one_deploy(self, mode, strategy=None, release=None):
+        rel = release or self.next_release()
         args = ["deploy", "--release", rel, "--json"]
         if strategy:
             args += ["--strategy", strategy]
         r = self.cutover(*args, timeout=180)
         rec = {"kind": "canary" if strategy == "canary" else "deploy", "mode": mode, "release": rel,
-               "code": r["code"], "wall_ms": r["wall_ms"], "start_unix": r["start_unix"], "end_unix": r["end_unix"]}
+               "code": r["code"], "wall_ms": r["wall_ms"], "start_unix": r["start_unix"], "end_unix": r["end_unix"],
+               "config": dict(self.config_now)}
         d = r["json"]
         rec["stderr"] = r["stderr"][-3000:]
         if r["code"] != 0 or not d:
@@ -550,10 +664,11 @@ http {{
         self.deploys.append(rec)
         return rec, r
 
-    def deploy_phase(self, mode, tool, secs_each, reserve, verb, what, deploy_one):
+    def deploy_phase(self, mode, tool, secs_each, reserve, verb, what, deploy_one, n=None, port=None,
+                     access_log=None, setting=None):
         """N deploys by `deploy_one(mode)` under one wrk run, recorded as one phase of `tool`."""
-        n = self.a.deploys
-        w = self.start_wrk(mode, n * secs_each + 20, "%s-deploy-%s" % (tool, mode))
+        n = n or self.a.deploys
+        w = self.start_wrk(mode, n * secs_each + 20, "%s-deploy-%s" % (tool, mode), port=port)
         recs = []
         for i in range(n):
             if self.time_left() < reserve:
@@ -563,17 +678,27 @@ http {{
             time.sleep(self.a.gap)
         res, early, cmd = self.stop_wrk(w)
         ev = self.collect_logs([("%s %s" % (verb, r["release"]), r["start_unix"], r["end_unix"]) for r in recs],
-                               self.wrk_stop_unix)
+                               self.wrk_stop_unix, access_log=access_log)
         self.record_phase(tool=tool, mode=mode, what="%d %s" % (len(recs), what), ops=len(recs),
                           ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=res, wrk_cmd=cmd,
-                          wrk_ended_early=early, evidence=ev)
+                          wrk_ended_early=early, evidence=ev, setting=setting,
+                          wall_ms=[r["wall_ms"] for r in recs if r["code"] == 0],
+                          releases=[r["release"] for r in recs])
 
-    def cutover_deploys(self, mode):
-        self.deploy_phase(mode, "cutover", 15, 60, "deploy", "blue/green deploys", lambda m: self.one_deploy(m)[0])
+    def cutover_deploys(self, mode, keep_previous=False, verify="5s", n=None):
+        """N blue/green deploys under load with this keep_previous and verify; the config goes back to the
+        defaults afterwards."""
+        self.write_config(keep_previous=keep_previous, verify=verify)
+        what = "blue/green deploys" + ("" if (keep_previous, verify) == (False, "5s") else
+                                       ", keep_previous %s, verify %s" % (str(keep_previous).lower(), verify))
+        self.deploy_phase(mode, "cutover", 15, 60, "deploy", what, lambda m: self.one_deploy(m)[0], n=n,
+                          setting={"keep_previous": keep_previous, "verify": verify})
+        self.write_config(keep_previous=False)
 
-    def floor(self, mode):
-        n = self.a.deploys
-        w = self.start_wrk(mode, n * 2 + 20, "floor-" + mode)
+    def floor(self, mode, tool="nginx", port=None, access_log=None, n=None):
+        """N plain reloads under load through one server block: what nginx itself costs a client."""
+        n = n or self.a.deploys
+        w = self.start_wrk(mode, n * 2 + 20, "%s-floor-%s" % (tool, mode), port=port)
         windows = []
         for i in range(n):
             s = time.time()
@@ -582,8 +707,8 @@ http {{
             windows.append(("reload %d" % (i + 1), s, time.time()))
             time.sleep(self.a.gap)
         res, early, cmd = self.stop_wrk(w)
-        ev = self.collect_logs(windows, self.wrk_stop_unix)
-        self.record_phase(tool="nginx", mode=mode, what="%d plain reloads (floor)" % n, ops=n, ok_ops=n, wrk=res,
+        ev = self.collect_logs(windows, self.wrk_stop_unix, access_log=access_log)
+        self.record_phase(tool=tool, mode=mode, what="%d plain reloads (floor)" % n, ops=n, ok_ops=n, wrk=res,
                           wrk_cmd=cmd, wrk_ended_early=early, evidence=ev)
 
     def rollbacks(self, mode):
@@ -698,6 +823,7 @@ http {{
         self.record_phase(tool="cutover", mode=mode, what="%d %s" % (len(recs), what), ops=len(recs),
                           ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=res, wrk_cmd=cmd,
                           wrk_ended_early=early, evidence=ev, strategy=strategy,
+                          wall_ms=[r["wall_ms"] for r in recs if r["code"] == 0],
                           downtime_ms=[r.get("downtime_ms") for r in recs if r.get("downtime_ms") is not None])
 
     def fleet(self, mode):
@@ -754,7 +880,7 @@ http {{
                 flip = rec.get("flip_unix")
                 label = "deploy " + rec["release"]
             else:
-                rec = self.baseline_switch("long")
+                rec = self.kill_at_once_switch("long")
                 flip = rec["end_unix"]
                 label = "switch " + rec["release"]
             d = self.long_result(p, flip)
@@ -773,9 +899,25 @@ http {{
             ok_ops=sum(1 for r in recs if r["code"] == 0), wrk=None, long_completed=completed,
             long_failed=failed, long_in_flight_at_flip=inflight, long_total=total, evidence=ev)
 
-    # ---------------------------------------------------------------- baseline
+    # ---------------------------------------------------------------- the published pattern (main baseline)
 
-    def baseline_env(self):
+    def published_deploys(self, mode):
+        pub = self.published
+        self.deploy_phase(mode, "published", pub.sleep_secs(15) + 10, 45, "deploy", "deploys of the published "
+                          "pattern", lambda m: pub.deploy(m), n=self.a.baseline_deploys, port=self.pub_port,
+                          access_log=pub.access_log)
+
+    def published_setup(self):
+        """Its first deploy, without load (nothing to stop; nginx answers 502 until it is done)."""
+        r = self.published.deploy("setup")
+        r["kind"] = "setup"
+        if r["code"] != 0:
+            raise SystemExit("the published pattern's first deploy failed:\n" + r["output"])
+        self.collect_logs([], access_log=self.published.access_log)
+
+    # ---------------------------------------------------------------- the kill-at-once script (second baseline)
+
+    def kill_at_once_env(self):
         env = dict(os.environ)
         env.update({
             "BASE_DIR": os.path.join(self.dir, "baseline"),
@@ -785,58 +927,63 @@ http {{
             "NGINX_BIN": self.nginx_bin,
             "NGINX_PREFIX": self.prefix + "/",
             "NGINX_CONF": "conf/nginx.conf",
-            "SLEEP_SECS": str(self.a.baseline_sleep),
+            "SLEEP_SECS": str(self.a.kill_at_once_sleep),
         })
         return env
 
-    def baseline_switch(self, mode):
-        rel = self.next_release("b")
+    def kill_at_once_switch(self, mode):
+        rel = self.next_release("k")
         t = time.monotonic()
         s = time.time()
-        p = subprocess.Popen(["bash", SWITCH, rel], env=self.baseline_env(), stdout=subprocess.PIPE,
+        p = subprocess.Popen(["bash", KILL_AT_ONCE, rel], env=self.kill_at_once_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.children[p.pid] = ("switch.sh", True)
+        self.children[p.pid] = ("kill-at-once.sh", True)
         try:
             out, _ = p.communicate(timeout=120)
         except subprocess.TimeoutExpired:
             signal_pid(p.pid, signal.SIGKILL, group=True)
             out, _ = p.communicate()
         self.children.pop(p.pid, None)
-        rec = {"kind": "baseline", "mode": mode, "release": rel, "code": p.returncode,
+        rec = {"kind": "kill-at-once", "mode": mode, "release": rel, "code": p.returncode,
                "wall_ms": round((time.monotonic() - t) * 1000.0, 1), "start_unix": s, "end_unix": time.time()}
         if p.returncode != 0:
             rec["output"] = out[-2000:]
-            log("switch.sh %s exited %d: %s" % (rel, p.returncode, out.strip()[-300:]))
+            log("kill-at-once.sh %s exited %d: %s" % (rel, p.returncode, out.strip()[-300:]))
         self.baseline_runs.append(rec)
         return rec
 
-    def baseline_takeover(self):
-        """switch.sh takes the same nginx over from cutover (no load), then cutover's apps are stopped."""
-        rec = self.baseline_switch("takeover")
+    def kill_at_once_takeover(self):
+        """kill-at-once.sh takes cutover's server block over (no load), then cutover's apps are stopped."""
+        rec = self.kill_at_once_switch("takeover")
         rec["kind"] = "takeover"
         if rec["code"] != 0:
-            raise SystemExit("baseline switch.sh could not take over: %s" % rec.get("output"))
+            raise SystemExit("kill-at-once.sh could not take over: %s" % rec.get("output"))
         time.sleep(1.0)  # no load now; let nginx's old workers go before stopping cutover's release
         for pid in self.state_pids():
             stop_pid(pid, group=True)
         self.collect_logs([])
 
-    def baseline_deploys(self, mode):
-        self.deploy_phase(mode, "baseline", self.a.baseline_sleep + 10, 45, "switch", "switch.sh deploys",
-                          self.baseline_switch)
+    def kill_at_once_deploys(self, mode):
+        self.deploy_phase(mode, "kill-at-once", self.a.kill_at_once_sleep + 10, 45, "switch",
+                          "kill-at-once.sh deploys", self.kill_at_once_switch)
 
     # ---------------------------------------------------------------- run
 
     def run(self):
         a = self.a
-        log("temp dir %s; nginx port %d; cutover pool %s; baseline ports %s" % (
-            self.dir, self.nginx_port, self.pool, self.base_ports))
+        log("temp dir %s; nginx port %d; cutover pool %s; published pattern on %d, ports %s; kill-at-once ports %s"
+            % (self.dir, self.nginx_port, self.pool, self.pub_port, self.pub_ports, self.base_ports))
+        if self.baseline_sleep_scale is not None:
+            log("BASELINE_SLEEP=%g: the published pattern's sleeps are shortened to %g/10 of their length "
+                "(10 s -> %g s): its deploy times are NOT the real ones" % (
+                    self.baseline_sleep_scale, self.baseline_sleep_scale, self.published.sleep_secs(10)))
         self.write_config(keep_previous=False)
         self.start_nginx()
         rec, r = self.one_deploy("setup")
         rec["kind"] = "setup"
         if rec["code"] != 0:
             raise SystemExit("the first deploy failed:\n" + r["stderr"])
+        self.published_setup()
         # Sanity: the long-request client works through nginx when nothing is deployed meanwhile.
         p = self.long_client()
         d = self.long_result(p, None)
@@ -847,21 +994,35 @@ http {{
         self.collect_logs([])
         for mode, _ in MODES:
             self.cutover_deploys(mode)
+            self.cutover_deploys(mode, keep_previous=True)
             self.floor(mode)
             self.rollbacks(mode)
             self.canaries(mode)
             self.fleet(mode)
+            self.published_deploys(mode)
+            self.floor(mode, tool="published-floor", port=self.pub_port, access_log=self.published.access_log,
+                       n=a.baseline_deploys)
+        self.cutover_deploys("close", verify="0s")
+        if not a.skip_cases:
+            self.cases.run()
         self.long_phase("cutover")
-        self.baseline_takeover()
+        self.kill_at_once_takeover()
         for mode, _ in MODES:
-            self.baseline_deploys(mode)
-        self.long_phase("baseline")
+            self.kill_at_once_deploys(mode)
+        self.long_phase("kill-at-once")
 
     def cleanup(self):
+        self.sampling.set()
+        self.load["after"] = loadavg()
         for pid, (desc, group) in list(self.children.items()):
             signal_pid(pid, signal.SIGKILL, group)
-        for pid in self.state_pids() + self.state_pids("fleet") + self.baseline_pids():
+        ours = set(self.pool) | set(self.fleet_pool) | set(self.base_ports) | set(self.pub_ports)
+        # cutover and kill-at-once.sh start each app in a session of its own (stop its process group); the
+        # published pattern's `nohup ... &` does not (stop the process)
+        for pid in dict.fromkeys(self.state_pids() + self.state_pids("fleet") + self.baseline_pids()):
             stop_pid(pid, group=True, grace=3)
+        for p in fixture_processes(FIXTURE, ours):
+            stop_pid(p["pid"], grace=3)
         pid = getattr(self, "nginx_pid", None)
         if pid and pid_alive(pid):
             signal_pid(pid, signal.SIGQUIT)
@@ -876,211 +1037,20 @@ http {{
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    # ---------------------------------------------------------------- report
-
-    def summary(self):
-        dep = [d for d in self.deploys if d["kind"] == "deploy" and d["mode"] in ("close", "keepalive")
-               and d["code"] == 0]
-        by_mode = {m: [d for d in dep if d["mode"] == m] for m, _ in MODES}
-        rb = [d for d in self.deploys if d["kind"] == "rollback" and d["code"] == 0]
-
-        def block(key, rows):
-            return {"all": stats([d.get(key) for d in rows]),
-                    **{m: stats([d.get(key) for d in rows if d["mode"] == m]) for m, _ in MODES}}
-
-        t = {
-            "a_switch_ms": block("switch_ms", dep),
-            "b_in_cutover_ms": block("in_cutover_ms", dep),
-            "c_rollback_wall_ms": block("wall_ms", rb),
-            "d_listening_to_noticed_ms": block("notice_ms", dep),
-            "e_status_wall_ms": {"all": stats([s["wall_ms"] for s in self.status_ms]),
-                                 **{m: stats([s["wall_ms"] for s in self.status_ms if s["mode"] == m])
-                                    for m, _ in MODES}},
-            "cutover_deploy_wall_ms": block("wall_ms", dep),
-            "canary_wall_ms": block("wall_ms", [d for d in self.deploys if d["kind"] == "canary"
-                                                and d["code"] == 0]),
-            "baseline_switch_wall_ms": {"all": stats([b["wall_ms"] for b in self.baseline_runs
-                                                      if b["mode"] in ("close", "keepalive") and b["code"] == 0]),
-                                        **{m: stats([b["wall_ms"] for b in self.baseline_runs
-                                                     if b["mode"] == m and b["code"] == 0]) for m, _ in MODES}},
-            "long_mode_switch_ms": {"all": stats([d.get("switch_ms") for d in self.deploys
-                                                  if d["mode"] == "long" and d["code"] == 0])},
-            "rolling_wall_ms": block("wall_ms", [d for d in self.deploys if d["kind"] == "rolling"
-                                                 and d["code"] == 0]),
-            "all_at_once_downtime_ms": block("downtime_ms", [d for d in self.deploys if d["kind"] == "all-at-once"
-                                                             and d["code"] == 0]),
-        }
-        return t
-
-    def render(self, elapsed):
-        m = self.machine
-        a = self.a
-        t = self.summary()
-        L = []
-        L.append("# cutover benchmark: zero downtime under load vs a naive switch.sh")
-        L.append("")
-        L.append("- machine: %s cores, %s, kernel %s; nginx %s; %s; python %s; %s" % (
-            m["nproc"], m["cpu"], m["kernel"], m["nginx"], m["wrk"].split(" Copyright")[0], m["python"],
-            m["cutover"]))
-        L.append("- run: %s, %.0f s%s; load: wrk -t %d -c %d --timeout %s through a private nginx "
-                 "(worker_processes 2) on 127.0.0.1 to fixtures/app.py" % (
-                     self.started_at, elapsed, (" (+ %.0f s cargo build)" % a.build_secs) if a.build_secs else "",
-                     a.threads, a.connections, a.wrk_timeout))
-        L.append("- nginx %s %s 1.27.4: %s" % (
-            m["nginx"], ">=" if self.keepalive_min_timeout else "<",
-            "keepalive_min_timeout 1s set, the keep-alive floor should be 0" if self.keepalive_min_timeout else
-            "no keepalive_min_timeout, so an idle keep-alive connection can be reset at any reload; the "
-            "'nginx reload only' rows measure that floor"))
-        L.append("- cutover: blue/green with deploy.keep_previous = false (drains, then stops the old release); "
-                 "rollbacks with keep_previous = true (a flip); health checks at cutover's defaults "
-                 "(interval 250ms, 2 successes)")
-        L.append("- baseline: examples/bench/baseline/switch.sh: start on the other port, sleep %ss, poll /health "
-                 "with curl, heredoc upstream, nginx -s reload, kill old PID at once" % a.baseline_sleep)
-        L.append("- long mode: before each deploy, %d x GET /slow?ms=3000 and %d x POST /upload (64 KiB sent over "
-                 "2.5 s), no wrk; failed = connection error or non-2xx; 'in flight' = started before the flip and "
-                 "ended after it" % (a.long_slow, a.long_uploads))
-        L.append("- canary phase: %s" % self.canary_state)
-        if not a.skip_fleet:
-            L.append("- fleet phases: a second app of 4 instances behind its own server block and wrk run; rolling "
-                     "batch 1 with surge (5 pool ports) and without (in place), deploy.verify %s per batch; all at "
-                     "once with maintenance.retry_after 5s (not zero-downtime: 503s expected while nothing runs)"
-                     % a.fleet_verify)
-        L.append("")
-        L.append("| tool | client mode | what | ops ok | nginx reloads | requests | non-2xx | socket errors "
-                 "connect/read/write/timeout | long completed/failed (in flight at flip) |")
-        L.append("|---|---|---|---|---|---|---|---|---|")
-        names = {"close": "Connection: close", "keepalive": "keep-alive", "long": "long requests"}
-        tools = {"cutover": "cutover", "baseline": "baseline switch.sh", "nginx": "nginx reload only (floor)"}
-        for p in self.phases:
-            w = p.get("wrk")
-            if w:
-                e = w["errors"]
-                req, non = str(w["requests"]), str(w["non_2xx"])
-                sock = "%d/%d/%d/%d" % (e["connect"], e["read"], e["write"], e["timeout"])
-            elif p["mode"] == "long":
-                req, non, sock = "-", "-", "-"
-            else:
-                req, non, sock = "?", "?", "? (no wrk result)"
-            lng = ("%d/%d (%d of %d)" % (p["long_completed"], p["long_failed"], p["long_in_flight_at_flip"],
-                                         p["long_total"])) if "long_completed" in p else "-"
-            L.append("| %s | %s | %s | %d/%d | %d | %s | %s | %s | %s |" % (
-                tools[p["tool"]], names[p["mode"]], p["what"], p["ok_ops"], p["ops"], p["evidence"]["nginx_reloads"],
-                req, non, sock, lng))
-        L.append("")
-        L.append("cutover timings in ms, median / max (n). (a), (b), (d): the successful blue/green deploys under "
-                 "load; (d) runs from the app logging 'listening' (not from its first 200 on /health) to cutover "
-                 "having seen its 2 passing health checks:")
-        L.append("")
-        L.append("| metric | Connection: close | keep-alive | all |")
-        L.append("|---|---|---|---|")
-
-        def cell(s):
-            return "-" if not s["n"] else "%s / %s (%d)" % (fmt(s["median"]), fmt(s["max"]), s["n"])
-
-        rows = [
-            ("(a) switch_ms: new release healthy -> traffic on it, old nginx workers gone", "a_switch_ms"),
-            ("(b) of which inside cutover (switch_ms - validate - reload - drain)", "b_in_cutover_ms"),
-            ("(c) rollback wall time (flip, keep_previous)", "c_rollback_wall_ms"),
-            ("(d) app 'listening' log line -> cutover noticed healthy (healthy_unix_ms - unix_ms)",
-             "d_listening_to_noticed_ms"),
-            ("(e) cutover status wall time", "e_status_wall_ms"),
-            ("cutover deploy wall time (start -> old release stopped)", "cutover_deploy_wall_ms"),
-            ("cutover canary wall time (steps 10/50/100, 1 s holds)", "canary_wall_ms"),
-            ("baseline switch.sh wall time (for comparison)", "baseline_switch_wall_ms"),
-            ("rolling deploy wall time (4 instances, batch 1, surge and not; deploy.verify %s per batch)"
-             % a.fleet_verify, "rolling_wall_ms"),
-            ("all-at-once downtime_ms: nothing served (4 instances; cutover's measure)", "all_at_once_downtime_ms"),
-        ]
-        for label, k in rows:
-            v = t[k]
-            L.append("| %s | %s | %s | %s |" % (label, cell(v["close"]), cell(v["keepalive"]), cell(v["all"])))
-        lm = t["long_mode_switch_ms"]["all"]
-        L.append("| switch_ms in long mode (drain waits for the 3 s requests) | | | %s |" % cell(lm))
-        L.append("")
-        floor = {p["mode"]: p for p in self.phases if p["tool"] == "nginx"}
-        cut = {p["mode"]: p for p in self.phases if p["tool"] == "cutover" and "blue/green" in p["what"]}
-        for mode, name in MODES:
-            if mode in floor and mode in cut and floor[mode].get("wrk") and cut[mode].get("wrk"):
-                fe, ce = floor[mode]["wrk"]["errors"], cut[mode]["wrk"]["errors"]
-                L.append("- %s socket errors: cutover %d deploys (%d nginx reloads) = %d; %d plain nginx reloads "
-                         "(floor) = %d" % (
-                             name, cut[mode]["ops"], cut[mode]["evidence"]["nginx_reloads"],
-                             sum(ce[k] for k in ("connect", "read", "write", "timeout")),
-                             floor[mode]["evidence"]["nginx_reloads"],
-                             sum(fe[k] for k in ("connect", "read", "write", "timeout"))))
-        for mode, name in MODES:
-            ph = [p for p in self.phases if p["tool"] == "cutover" and p["mode"] == mode and p.get("wrk")]
-            if ph:
-                e = sum(p["wrk"]["errors"][k] for p in ph for k in ("connect", "read", "write", "timeout"))
-                r = sum(p["evidence"]["nginx_reloads"] for p in ph)
-                f = floor.get(mode)
-                fr = f["evidence"]["nginx_reloads"] if f else 0
-                fe = sum(f["wrk"]["errors"][k] for k in ("connect", "read", "write", "timeout")) if f and \
-                    f.get("wrk") else 0
-                L.append("- %s, all cutover phases: %d socket errors over %d nginx reloads (%.2f per reload); "
-                         "floor: %.2f per reload" % (name, e, r, e / r if r else 0, fe / fr if fr else 0))
-        for p in self.phases:
-            if p.get("strategy") == "all-at-once":
-                by = {}
-                for k, v in p["evidence"]["non_2xx_by"].items():
-                    if "wrk being stopped" not in k:
-                        by[k.split()[0]] = by.get(k.split()[0], 0) + v
-                ws = (p.get("wrk") or {}).get("by_status", {})
-                L.append("- all at once (%s) is not zero-downtime: wrk saw non-2xx by status %s; nginx's access "
-                         "log: %s (503 = the maintenance answer with Retry-After; a 502 would be a loss); "
-                         "downtime_ms per deploy %s" % (
-                             names[p["mode"]], json.dumps(ws, sort_keys=True) if ws else "{}",
-                             ", ".join("%s x%d" % kv for kv in sorted(by.items())) or "none",
-                             p.get("downtime_ms")))
-        if not self.keepalive_min_timeout:
-            L.append("- why keep-alive clients see read errors at all: at every reload, ~100 ms after the SIGHUP, "
-                     "nginx < 1.27.4 tells its old workers to quit and they close their idle keep-alive connections "
-                     "at once; a client whose next request is already on the way gets EOF/reset. Requests in flight "
-                     "are answered with 'Connection: close' instead. These requests never reach nginx's access log "
-                     "or the app. `python3 examples/bench/keepalive_diag.py` times each one against the reloads.")
-        lost = []
-        for p in self.phases:
-            if p["tool"] != "cutover" or p.get("strategy") == "all-at-once":
-                continue
-            w = p.get("wrk") or {}
-            e = w.get("errors", {})
-            n = w.get("non_2xx", 0) + sum(e.get(k, 0) for k in ("connect", "read", "write", "timeout"))
-            if n or p.get("long_failed"):
-                by = [(k, v) for k, v in p["evidence"]["non_2xx_by"].items() if "wrk being stopped" not in k]
-                lost.append("- cutover %s, %s: %d non-2xx, socket errors %s, long failed %s; nginx reloads %d; "
-                            "non-2xx in nginx's access log: %s; nginx error log: %s" % (
-                                names[p["mode"]], p["what"], w.get("non_2xx", 0),
-                                "/".join(str(e.get(k, "-")) for k in ("connect", "read", "write", "timeout")),
-                                p.get("long_failed", "-"), p["evidence"]["nginx_reloads"],
-                                "; ".join("%s x%d" % kv for kv in by[:5]) or "none",
-                                "; ".join("%s x%d" % (k, v) for k, v in p["evidence"]["error_log_counts"].items()
-                                          if k.startswith("[")) or "nothing at warn or above"))
-        if lost:
-            L.append("")
-            L.append("Requests cutover did not answer with 2xx (details in latest.json, phases[].evidence):")
-            L.extend(lost)
-        if self.notes:
-            L.append("")
-            L.append("Notes:")
-            L.extend("- " + n.replace("\n", " ")[:600] for n in self.notes)
-        return "\n".join(L) + "\n", t
-
-
-def fmt(x):
-    if x is None:
-        return "-"
-    return ("%.0f" % x) if abs(x) >= 10 else ("%.1f" % x)
-
 
 def a_count(a):
     return a.long_slow + a.long_uploads
 
 
-def main():
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cutover", default=os.path.join(ROOT, "target", "release", "cutover"))
     p.add_argument("--skip-canary", action="store_true", help="skip the canary phase")
-    p.add_argument("--deploys", type=int, default=20, help="blue/green deploys per client mode (and floor reloads)")
+    p.add_argument("--deploys", type=int, default=10,
+                   help="cutover blue/green deploys per client mode and setting (and floor reloads)")
+    p.add_argument("--baseline-deploys", type=int, default=10,
+                   help="deploys of the published pattern per client mode (and reloads of its floor)")
+    p.add_argument("--skip-cases", action="store_true", help="skip the failure cases")
     p.add_argument("--rollbacks", type=int, default=5)
     p.add_argument("--canaries", type=int, default=5)
     p.add_argument("--status-runs", type=int, default=10, help="cutover status runs per client mode")
@@ -1097,15 +1067,26 @@ def main():
     p.add_argument("--gap", type=float, default=0.5, help="seconds between two deploys")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before the first deploy of a phase")
     p.add_argument("--cooldown", type=float, default=1.0, help="seconds of load after the last one")
-    p.add_argument("--baseline-sleep", type=float, default=2, help="switch.sh's fixed sleep before polling")
-    p.add_argument("--max-secs", type=float, default=900, help="time budget; phases stop early past it")
+    p.add_argument("--kill-at-once-sleep", type=float, default=2,
+                   help="kill-at-once.sh's fixed sleep before polling")
+    p.add_argument("--max-secs", type=float, default=3600, help="time budget; phases stop early past it")
+    p.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
+                   help="first wait (30 s steps) until the 1-minute load average is at most LOAD")
+    p.add_argument("--wait-max", type=float, default=40, metavar="MINUTES",
+                   help="with --wait-load: wait at most this long, then run anyway (and say so)")
     p.add_argument("--build-secs", type=float, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default=RESULTS, help="directory for latest.md and latest.json")
-    a = p.parse_args()
+    return p
+
+
+def main():
+    a = parser().parse_args()
     if not os.path.exists(a.cutover):
         raise SystemExit("no cutover binary at %s (cargo build --release --locked)" % a.cutover)
 
+    quiet = wait_quiet(a.wait_load, a.wait_max) if a.wait_load is not None else None
     b = Bench(a)
+    b.quiet = quiet
 
     def on_signal(sig, _frame):
         raise KeyboardInterrupt("signal %d" % sig)
@@ -1122,7 +1103,7 @@ def main():
     finally:
         b.cleanup()
     elapsed = time.monotonic() - b.t0
-    md, timings = b.render(elapsed)
+    md, timings = report.render(b, elapsed)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "latest.md"), "w") as f:
         f.write(md)
@@ -1133,7 +1114,10 @@ def main():
         "canary": b.canary_state, "sanity_long_requests": getattr(b, "sanity", None),
         "timings_ms": timings, "phases": b.phases, "cutover_operations": b.deploys,
         "baseline_operations": b.baseline_runs, "status_runs": b.status_ms, "notes": b.notes,
-        "stopped_early": failed,
+        "stopped_early": failed, "loadavg": b.load, "wait_quiet": quiet,
+        "published_pattern": {"sleep_scale": b.baseline_sleep_scale, "ports": b.pub_ports,
+                              "source": "examples/bench/baseline/published/SOURCE.md"},
+        "cases": b.cases.rows,
     }
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(doc, f, indent=1, default=str)

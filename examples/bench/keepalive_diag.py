@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""Where do keep-alive socket errors come from? A diagnostic beside the benchmark (stdlib only, ~90 s).
+"""Where do keep-alive socket errors come from? A diagnostic beside the benchmark (stdlib only, ~5 min).
 
 On nginx < 1.27.4 an old worker that is told to shut down at a reload closes its idle keep-alive client
 connections at once; a client that has just sent its next request on one of them gets EOF or a reset (wrk counts
 a "read" error). This script shows it with timestamps: under the same keep-alive wrk load as the benchmark, plus
 a small timestamped keep-alive client (8 connections), it runs, in turn:
 
-    canary     N cutover canaries (10/50/100 %)      floor      3N plain `nginx -s reload`
-    bluegreen  3N cutover blue/green deploys
+    canary          N cutover canaries (10/50/100 %)      floor      3N plain `nginx -s reload`
+    bluegreen       3N cutover blue/green deploys at the defaults (two reloads each: the flip, and after the
+                    verify window the one that takes the old release out of the backup list)
+    bluegreen-keep  3N cutover blue/green deploys with keep_previous = true (one reload each)
 
 and for each phase prints the nginx reloads, wrk's read errors, and every error the probe client saw with its
-distance in ms from the nearest reload (the SIGHUP: the start of cutover's reload step, or the `nginx -s reload`).
+distance in ms from the nearest reload (the start of cutover's reload or unlist step, or the `nginx -s reload`).
 It also counts the answers nginx sent with "Connection: close" (old workers finishing a request in flight tell
 the client, so those connections do not error). Run examples/bench/run.sh first (it builds cutover).
 
@@ -88,12 +90,7 @@ def main():
     if a.probe:
         return probe_client(int(a.probe[0]), int(a.probe[1]), a.probe[2])
 
-    ns = bench.argparse.Namespace(
-        cutover=os.path.join(bench.ROOT, "target", "release", "cutover"), skip_canary=False, deploys=0,
-        rollbacks=0, canaries=0, status_runs=0, long_deploys=0, long_slow=0, long_uploads=0, threads=2,
-        connections=16, wrk_timeout="5s", gap=0.5, warmup=1.0, cooldown=1.0, baseline_sleep=2, max_secs=300,
-        build_secs=0, out=None)
-    b = bench.Bench(ns)
+    b = bench.Bench(bench.parser().parse_args(["--max-secs", "600"]))
     n = a.canaries
     results = {}
     try:
@@ -101,8 +98,8 @@ def main():
         b.start_nginx()
         b.one_deploy("setup")
         b.collect_logs([])
-        for phase in ("canary", "floor", "bluegreen"):
-            b.write_config(keep_previous=(phase == "canary"))
+        for phase in ("canary", "floor", "bluegreen", "bluegreen-keep"):
+            b.write_config(keep_previous=phase in ("canary", "bluegreen-keep"))
             w = b.start_wrk("keepalive", 200, "diag-" + phase)
             out = os.path.join(b.dir, "probe-%s.json" % phase)
             pc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--probe", str(b.nginx_port), "8", out])
@@ -119,7 +116,7 @@ def main():
                     rec, r = b.one_deploy("keepalive", strategy="canary" if phase == "canary" else None)
                     t = rec["start_unix"]
                     for name, ms in rec.get("steps", []):
-                        if name == "reload":
+                        if name in ("reload", "unlist"):  # unlist: the reload that takes the old release out
                             sighups.append(t)
                         t += ms / 1000.0
                     time.sleep(0.5)
@@ -159,7 +156,8 @@ def main():
     out = os.path.join(bench.RESULTS, "keepalive_diag.json")
     os.makedirs(bench.RESULTS, exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"machine": b.machine, "phases": results}, f, indent=1)
+        json.dump({"machine": b.machine, "loadavg_before": b.load["before"], "loadavg_after": b.load["after"],
+                   "phases": results}, f, indent=1)
     print("written:", out)
 
 
