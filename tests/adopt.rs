@@ -143,6 +143,13 @@ impl Layout {
                 .unwrap();
             assert!(out.status.success(), "{script} {release}: {}", String::from_utf8_lossy(&out.stderr));
         }
+        // `nginx -s reload` returns before the new workers run: wait until they serve the release, as whoever
+        // ran switch.sh by hand would, so that the test starts from a host that serves it.
+        let served = || {
+            http_get(self.nginx_port, "/", Duration::from_secs(1))
+                .is_ok_and(|(status, body)| status == 200 && release_of(&body) == release)
+        };
+        assert!(wait_until(Duration::from_secs(10), served), "nginx does not serve {release} after switch.sh");
     }
 
     fn app_pid(&self, port: u16) -> i32 {
