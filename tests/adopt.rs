@@ -225,14 +225,12 @@ impl Drop for Layout {
                 }
             }
         }
-        if let Ok(text) = std::fs::read_to_string(self.path().join("state/shop/state.json")) {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            for d in [&v["live"], &v["previous"]] {
-                for i in d["instances"].as_array().into_iter().flatten() {
-                    if let Some(pid) = i["pid"].as_i64().map(|p| p as i32).filter(|p| pid_alive(*p)) {
-                        kill(pid, 9);
-                    }
-                }
+        // cutover starts each instance as the leader of its own process group (whose leader may be a shell):
+        // kill the group; an adopted process is no group leader, so kill it by pid too.
+        for pid in pids_in_state(&self.path().join("state/shop/state.json")) {
+            signal_group(pid, 9);
+            if pid_alive(pid) {
+                kill(pid, 9);
             }
         }
         if let Some(pid) = self.master() {

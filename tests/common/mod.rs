@@ -272,46 +272,21 @@ log_dir = "logs"
         std::fs::read_to_string(self.path().join("nginx/logs/nginx.pid")).ok()?.trim().parse().ok()
     }
 
-    /// Every app pid that state knows about (live, canary, previous, unfinished).
+    /// Every app pid that the shop's state knows about (live, canary, previous, unfinished).
     pub fn app_pids(&self) -> Vec<i32> {
-        let Ok(text) = std::fs::read_to_string(self.path().join("state/shop/state.json")) else { return vec![] };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else { return vec![] };
-        let mut pids = Vec::new();
-        let mut collect = |d: &Value| {
-            for i in d["instances"].as_array().into_iter().flatten() {
-                if let Some(p) = i["pid"].as_i64() {
-                    pids.push(p as i32);
-                }
-            }
-        };
-        collect(&v["live"]);
-        collect(&v["previous"]);
-        collect(&v["canary"]["deployment"]);
-        collect(&v["rolling"]["deployment"]);
-        for i in v["rolling"]["down"].as_array().into_iter().flatten() {
-            if let Some(p) = i["pid"].as_i64() {
-                pids.push(p as i32);
-            }
-        }
-        for list in ["started", "to_stop"] {
-            for i in v["in_progress"][list].as_array().into_iter().flatten() {
-                if let Some(p) = i["pid"].as_i64() {
-                    pids.push(p as i32);
-                }
-            }
-        }
-        for i in v["backup"].as_array().into_iter().flatten() {
-            if let Some(p) = i["pid"].as_i64() {
-                pids.push(p as i32);
-            }
-        }
-        pids
+        pids_in_state(&self.path().join("state/shop/state.json"))
+    }
+
+    /// The same for every app whose state lives in this test's state dir (a test may deploy a second app).
+    pub fn all_app_pids(&self) -> Vec<i32> {
+        let Ok(dirs) = std::fs::read_dir(self.path().join("state")) else { return vec![] };
+        dirs.flatten().flat_map(|d| pids_in_state(&d.path().join("state.json"))).collect()
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        for pid in self.app_pids() {
+        for pid in self.all_app_pids() {
             signal_group(pid, 9);
         }
         if let Some(pid) = self.master_pid() {
@@ -321,7 +296,30 @@ impl Drop for Env {
     }
 }
 
-fn signal_group(pid: i32, sig: i32) {
+/// Every pid a state file records (live, canary, previous, rolling, unfinished, backup).
+pub fn pids_in_state(path: &Path) -> Vec<i32> {
+    let Ok(text) = std::fs::read_to_string(path) else { return vec![] };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else { return vec![] };
+    let lists = [
+        &v["live"]["instances"],
+        &v["previous"]["instances"],
+        &v["canary"]["deployment"]["instances"],
+        &v["rolling"]["deployment"]["instances"],
+        &v["rolling"]["down"],
+        &v["in_progress"]["started"],
+        &v["in_progress"]["to_stop"],
+        &v["backup"],
+    ];
+    lists
+        .iter()
+        .flat_map(|l| l.as_array().into_iter().flatten())
+        .filter_map(|i| i["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect()
+}
+
+/// Kill a process group (cutover starts each instance as the leader of its own).
+pub fn signal_group(pid: i32, sig: i32) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg("--").arg(format!("-{pid}")).status();
 }
 
