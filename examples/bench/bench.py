@@ -15,7 +15,8 @@ published blue/green pattern's (service-url.inc + proxy_pass $service_url, basel
     cutover    C canaries stepped to 100 % (`--strategy canary`; skipped with --skip-canary)
     cutover    F rolling deploys of a 4-instance app ("fleet", its own server block and wrk run), with surge and
                without (batch 1), then F all-at-once deploys (not zero-downtime: nginx answers 503 + Retry-After
-               while nothing runs; the 503s and cutover's downtime_ms are reported); skipped with --skip-fleet
+               while nothing runs; the 503s and cutover's downtime_ms are reported), then N plain reloads through
+               its server block (its floor); skipped with --skip-fleet
     published  B deploys of the published pattern (baseline/published/deploy.sh: stop.sh, start.sh, health.sh
                with its real sleeps unless BASELINE_SLEEP is set), through its own server block
     floor      B plain reloads through the pattern's server block
@@ -841,6 +842,9 @@ http {{
         self.fleet_phase(mode, "rolling", True, "rolling deploys, 4 instances, surge, batch 1")
         self.fleet_phase(mode, "rolling", False, "rolling deploys, 4 instances, no surge, batch 1")
         self.fleet_phase(mode, "all-at-once", False, "all-at-once deploys, 4 instances")
+        # Its own floor: plain reloads under the same wrk run through the 4-instance app's server block, so its
+        # rolling rows' read errors per reload have a floor to be compared with.
+        self.floor(mode, tool="fleet-floor", port=self.fleet_port, access_log=self.fleet_log)
 
     def long_client(self):
         a = self.a

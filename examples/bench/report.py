@@ -13,6 +13,7 @@ TOOLS = {
     "nginx": "nginx reload only (floor), cutover's server block",
     "published": "**published pattern** (switch.sh + health.sh)",
     "published-floor": "nginx reload only (floor), the pattern's server block",
+    "fleet-floor": "nginx reload only (floor), the 4-instance app's server block",
     "kill-at-once": "kill-at-once.sh (2nd baseline, not published)",
 }
 ERRS = ("connect", "read", "write", "timeout")
