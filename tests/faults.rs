@@ -251,6 +251,26 @@ fn a_torn_history_line_is_skipped_with_a_warning() {
     assert_eq!(history(&env).len(), 3, "the events around the torn line are all there");
 }
 
+// A torn or hand-broken state.json is a host cutover must not act on (it cannot know what runs): every command
+// that reads state refuses with exit 8 and says how to fix it; nothing is started, stopped or reloaded.
+#[test]
+fn an_unreadable_state_file_is_refused_with_exit_8_and_nothing_changes() {
+    let env = Env::new();
+    env.ok(&["deploy", "--release", "v1"]);
+    let path = env.path().join("state/shop/state.json");
+    std::fs::write(&path, "{\"version\": 1, \"app\": \"shop\", \"live\": {\"rel").unwrap();
+    let upstream = env.upstream();
+    for args in [&["deploy", "--release", "v2"][..], &["rollback"], &["status"], &["status", "--check"], &["recover"]] {
+        let (code, _, err) = env.run(args);
+        assert_eq!(code, 8, "{args:?}: {err}");
+        assert!(err.contains(&format!("could not parse {}", path.display())), "{args:?}: {err}");
+        assert!(err.contains("fix or move it away"), "{args:?}: {err}");
+    }
+    assert_eq!(env.upstream(), upstream, "the upstream file changed");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", env.pool[1])).is_ok(), "v2 was started");
+    assert_eq!(env.serving(), "v1");
+}
+
 // 9. Absurd or zero durations, and statuses outside HTTP's range.
 #[test]
 fn absurd_durations_are_refused_where_they_are_written() {
