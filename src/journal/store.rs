@@ -56,11 +56,13 @@ impl Store {
         match fs::read_to_string(&path) {
             Ok(text) => {
                 refuse_newer(&text, &path)?;
-                serde_json::from_str(&text).with_context(|| {
-                    format!(
-                        "could not parse {}; fix or move it away (history.jsonl beside it says what was deployed)",
+                // Refused (exit 8), not unexpected: with no readable record of what runs, no command may act.
+                serde_json::from_str(&text).map_err(|e| {
+                    crate::exit::refused(format!(
+                        "could not parse {}; fix or move it away (history.jsonl beside it says what was deployed): \
+                         {e}; nothing was changed",
                         path.display()
-                    )
+                    ))
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::empty(app)),
