@@ -428,6 +428,26 @@ fn nginx_gone_mid_deploy_is_exit_4_and_template_or_path_mistakes_are_exit_2() {
     assert!(!listening(env.pool[0]), "nothing started");
 }
 
+// An empty path (`upstream_file = ""`, `template = ""`, …) would resolve to the config's own directory: it is a
+// config error at its line, before anything runs.
+#[test]
+fn an_empty_path_in_the_config_is_a_config_error_at_its_line() {
+    let env = Env::new();
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    let upstream_line = good.lines().position(|l| l.starts_with("upstream_file")).unwrap() + 1;
+    for (from, to, line) in [
+        ("upstream_file = \"nginx/conf/shop.upstream.conf\"", "upstream_file = \"\"", upstream_line),
+        ("[nginx]\n", "[nginx]\ntemplate = \"\"\n", good.lines().position(|l| l == "[nginx]").unwrap() + 2),
+    ] {
+        env.write_config(&good.replacen(from, to, 1));
+        let (code, _, err) = env.run(&["deploy", "--release", "v1"]);
+        assert_eq!(code, 2, "{to}: {err}");
+        assert!(err.contains(&format!("line {line}")), "{to}: {err}");
+        assert!(err.contains("an empty path"), "{to}: {err}");
+        assert!(!listening(env.pool[0]), "nothing started");
+    }
+}
+
 // 14. --json on failure.
 #[test]
 fn json_output_is_one_document_on_failure_too() {
