@@ -51,10 +51,12 @@ pub struct App {
     /// Shell command; `{{port}}` and `{{release}}` are substituted.
     pub start: StartCommand,
     /// Where the app runs; `{{release}}` is substituted. Default: the directory cutover runs from.
+    #[serde(default, deserialize_with = "values::opt_path")]
     pub workdir: Option<PathBuf>,
     #[serde(default)]
     pub env: BTreeMap<EnvName, String>,
     /// `KEY=VALUE` lines for the app's environment, so that secrets stay out of cutover.toml.
+    #[serde(default, deserialize_with = "values::opt_path")]
     pub env_file: Option<PathBuf>,
     /// Variables passed through from cutover's own environment; nothing else is (beyond PATH, LANG, HOME).
     #[serde(default)]
@@ -119,17 +121,22 @@ impl Default for Health {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nginx {
+    #[serde(deserialize_with = "values::path")]
     pub upstream_file: PathBuf,
     #[serde(default = "defaults::nginx_binary")]
     pub binary: String,
     /// `-p PREFIX` for a private nginx.
+    #[serde(default, deserialize_with = "values::opt_path")]
     pub prefix: Option<PathBuf>,
     /// `-c CONF` for a private nginx.
+    #[serde(default, deserialize_with = "values::opt_path")]
     pub conf: Option<PathBuf>,
     /// The master's pid file; found from `nginx -T` / `nginx -V` when absent.
+    #[serde(default, deserialize_with = "values::opt_path")]
     pub pid_file: Option<PathBuf>,
     #[serde(default)]
     pub reload: Reload,
+    #[serde(default, deserialize_with = "values::opt_path")]
     pub template: Option<PathBuf>,
     /// A URL on nginx whose body is the upstream file's generation marker (`$cutover_<app>_generation`); when set,
     /// a reload counts only once nginx answers it with the new generation.
@@ -184,6 +191,7 @@ pub struct Deploy {
     pub drain_timeout: Dur,
     #[serde(default)]
     pub keep_previous: bool,
+    #[serde(default, deserialize_with = "values::opt_path")]
     pub state_dir: Option<PathBuf>,
     /// After the drain, keep probing the new instances this long; one that dies or turns unhealthy flips traffic
     /// back (exit 3). `0s` turns it off.
@@ -222,6 +230,7 @@ pub struct Canary {
     /// Requests carrying this header go to the canary whatever the split.
     pub header: Option<HeaderName>,
     /// The JSON access log the template writes and cutover reads during each hold.
+    #[serde(default, deserialize_with = "values::opt_path")]
     pub access_log: Option<PathBuf>,
 }
 
@@ -304,7 +313,7 @@ pub struct RuntimeCfg {
     /// `spawn` or `systemd`; default: systemd when PID 1 is systemd, else spawn (see `host::select`).
     pub kind: Option<RuntimeKind>,
     /// systemd runtime: where cutover writes its units and their `WantedBy` symlinks.
-    #[serde(default = "defaults::unit_dir")]
+    #[serde(default = "defaults::unit_dir", deserialize_with = "values::path")]
     pub unit_dir: PathBuf,
     /// systemd runtime: the argv prefix that runs systemctl (`["sudo", "systemctl"]` for a non-root user).
     #[serde(default = "defaults::systemctl")]
@@ -314,6 +323,7 @@ pub struct RuntimeCfg {
     pub journalctl: Vec<String>,
     /// spawn runtime: where each instance's output is written (`<release>-<port>.log`). Default
     /// `/var/log/cutover/<app>` as root, else `$XDG_STATE_HOME/cutover-logs/<app>`; never the state directory.
+    #[serde(default, deserialize_with = "values::opt_path")]
     pub log_dir: Option<PathBuf>,
     /// spawn runtime: a log file is rotated when it reaches this size...
     #[serde(default = "defaults::log_max_size")]

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -494,4 +495,23 @@ impl<'de> Deserialize<'de> for ReleasePath {
         }
         Ok(ReleasePath(s))
     }
+}
+
+/// A path key must name something: an empty string would resolve to the config's own directory, and every use of
+/// it (the upstream file, a template, a state dir) would then fail far from the line that caused it.
+pub fn path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    non_empty(d, "an empty path: name a file or directory")
+}
+
+/// [`path`] for an optional key (with `#[serde(default)]`).
+pub fn opt_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    non_empty(d, "an empty path: name a file or directory, or leave the key out").map(Some)
+}
+
+fn non_empty<'de, D: serde::Deserializer<'de>>(d: D, msg: &str) -> Result<PathBuf, D::Error> {
+    let p = PathBuf::deserialize(d)?;
+    if p.as_os_str().is_empty() {
+        return Err(serde::de::Error::custom(msg));
+    }
+    Ok(p)
 }
