@@ -258,6 +258,15 @@ fn an_unreadable_state_file_is_refused_with_exit_8_and_nothing_changes() {
     let env = Env::new();
     env.ok(&["deploy", "--release", "v1"]);
     let path = env.path().join("state/shop/state.json");
+    let good = std::fs::read_to_string(&path).unwrap();
+    // Put the state back when the test ends, passed or not, so that the Env's cleanup finds v1 to stop.
+    struct Restore(std::path::PathBuf, String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, &self.1);
+        }
+    }
+    let _restore = Restore(path.clone(), good);
     std::fs::write(&path, "{\"version\": 1, \"app\": \"shop\", \"live\": {\"rel").unwrap();
     let upstream = env.upstream();
     for args in [&["deploy", "--release", "v2"][..], &["rollback"], &["status"], &["status", "--check"], &["recover"]] {
@@ -269,6 +278,8 @@ fn an_unreadable_state_file_is_refused_with_exit_8_and_nothing_changes() {
     assert_eq!(env.upstream(), upstream, "the upstream file changed");
     assert!(std::net::TcpListener::bind(("127.0.0.1", env.pool[1])).is_ok(), "v2 was started");
     assert_eq!(env.serving(), "v1");
+    drop(_restore);
+    env.ok(&["status", "--check"]);
 }
 
 // 9. Absurd or zero durations, and statuses outside HTTP's range.
