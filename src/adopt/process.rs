@@ -42,44 +42,9 @@ pub fn shell_quote(w: &str) -> String {
     }
 }
 
-/// Listening TCP sockets (v4 and v6): their inode and port. Pure over the text of /proc/net/tcp{,6}.
-pub fn listening(table: &str) -> Vec<(String, u16)> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
-            (f.len() >= 10 && f[3] == "0A").then(|| (format!("socket:[{}]", f[9]), port))
-        })
-        .collect()
-}
-
-/// The sockets each process holds open, by inode.
-fn socket_owners() -> BTreeMap<String, Vec<i32>> {
-    let mut owners: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    for pid in proc::pids() {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-        for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
-                let t = target.to_string_lossy();
-                if t.starts_with("socket:[") {
-                    owners.entry(t.into_owned()).or_default().push(pid);
-                }
-            }
-        }
-    }
-    owners
-}
-
 fn describe(pid: i32, port: u16) -> Option<Proc> {
     let st = proc::stat(pid)?;
-    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()?
-        .split(|b| *b == 0)
-        .filter(|p| !p.is_empty())
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
+    let argv = proc::argv(pid)?;
     let uid = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
         s.lines().find_map(|l| l.strip_prefix("Uid:").and_then(|r| r.split_whitespace().next()?.parse().ok()))
     });
@@ -98,14 +63,9 @@ fn describe(pid: i32, port: u16) -> Option<Proc> {
 /// Every process listening on a TCP port, by port: the outermost holder of each socket (a holder whose parent
 /// holds the same socket is a worker of that parent).
 pub fn listeners() -> BTreeMap<u16, Proc> {
-    let sockets: Vec<(String, u16)> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|t| std::fs::read_to_string(t).ok())
-        .flat_map(|t| listening(&t))
-        .collect();
-    let owners = socket_owners();
+    let owners = proc::socket_owners();
     let mut out = BTreeMap::new();
-    for (inode, port) in sockets {
+    for (inode, port) in proc::tcp_listeners() {
         let Some(holders) = owners.get(&inode) else { continue };
         let outer = holders
             .iter()
@@ -175,14 +135,5 @@ mod tests {
             !start_command(&argv("java -jar -Dspring.profiles.active=real1 /home/ec2-user/app/app.jar"), 8081, None).1
         );
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
-    }
-
-    #[test]
-    fn listeners_are_read_from_the_tcp_table() {
-        let table =
-            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-                     0: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1\n\
-                     1: 0100007F:1F92 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1\n";
-        assert_eq!(listening(table), vec![("socket:[4242]".to_string(), 8081)]);
     }
 }

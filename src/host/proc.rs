@@ -1,6 +1,7 @@
 //! What /proc says about processes and sockets: the one parser of `/proc/PID/stat`, environments, listeners,
 //! and log excerpts. Reads only.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -58,12 +59,15 @@ pub fn environ_has(pid: i32, entry: &str) -> bool {
     fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
 }
 
+/// The command line's arguments.
+pub fn argv(pid: i32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(raw.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+}
+
 /// The command line, arguments joined by spaces (`nginx: master process /usr/sbin/nginx`).
 pub fn cmdline(pid: i32) -> Option<String> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let text: Vec<String> =
-        raw.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
-    Some(text.join(" "))
+    argv(pid).map(|a| a.join(" "))
 }
 
 pub fn exe(pid: i32) -> Option<PathBuf> {
@@ -84,40 +88,59 @@ pub fn listening(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
 }
 
-/// The inodes of sockets listening on `port`, from the text of /proc/net/tcp or tcp6.
-pub fn listening_inodes(table: &str, port: u16) -> Vec<String> {
+/// Listening TCP sockets: their inode (`socket:[N]`) and port. Pure over the text of /proc/net/tcp or tcp6.
+pub fn listening_sockets(table: &str) -> Vec<(String, u16)> {
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let local = f.get(1)?.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            (f.len() >= 10 && f[3] == "0A" && local == Some(port)).then(|| format!("socket:[{}]", f[9]))
+            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (f.len() >= 10 && f[3] == "0A").then(|| (format!("socket:[{}]", f[9]), port))
         })
         .collect()
 }
 
-/// The process listening on a TCP port, found through /proc/net/tcp{,6} and the sockets in /proc/*/fd.
-pub fn who_listens(port: u16) -> Option<(i32, String)> {
-    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+/// The inodes of sockets listening on `port`, from the text of /proc/net/tcp or tcp6.
+pub fn listening_inodes(table: &str, port: u16) -> Vec<String> {
+    listening_sockets(table).into_iter().filter(|(_, p)| *p == port).map(|(inode, _)| inode).collect()
+}
+
+/// Every listening TCP socket of the host (v4 and v6): inode and port.
+pub fn tcp_listeners() -> Vec<(String, u16)> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|t| fs::read_to_string(t).ok())
-        .flat_map(|t| listening_inodes(&t, port))
-        .collect();
-    if inodes.is_empty() {
-        return None;
-    }
+        .flat_map(|t| listening_sockets(&t))
+        .collect()
+}
+
+/// The sockets each process holds open, by inode.
+pub fn socket_owners() -> BTreeMap<String, Vec<i32>> {
+    let mut owners: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     for pid in pids() {
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for fd in fds.flatten() {
             if let Ok(target) = fs::read_link(fd.path()) {
-                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
-                    return Some((pid, comm(pid).unwrap_or_default()));
+                let t = target.to_string_lossy();
+                if t.starts_with("socket:[") {
+                    owners.entry(t.into_owned()).or_default().push(pid);
                 }
             }
         }
     }
-    None
+    owners
+}
+
+/// The process listening on a TCP port, found through /proc/net/tcp{,6} and the sockets in /proc/*/fd.
+pub fn who_listens(port: u16) -> Option<(i32, String)> {
+    let inodes: Vec<String> = tcp_listeners().into_iter().filter(|(_, p)| *p == port).map(|(inode, _)| inode).collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let owners = socket_owners();
+    let pid = inodes.iter().find_map(|i| owners.get(i)?.first().copied())?;
+    Some((pid, comm(pid).unwrap_or_default()))
 }
 
 /// The last 64 KiB of a log file, lossily decoded.
@@ -185,6 +208,15 @@ mod tests {
         assert!(parse_stat("garbage").is_none());
         let me = stat(std::process::id() as i32).unwrap();
         assert!(!me.zombie());
+    }
+
+    #[test]
+    fn listeners_are_read_from_the_tcp_table() {
+        let table =
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                     0: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1\n\
+                     1: 0100007F:1F92 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1\n";
+        assert_eq!(listening_sockets(table), vec![("socket:[4242]".to_string(), 8081)]);
     }
 
     #[test]
