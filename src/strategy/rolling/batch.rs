@@ -179,28 +179,9 @@ pub(super) fn batch(eng: &mut Engine, run: &mut Run, b: &Batch) -> Result<()> {
 }
 
 fn surge(eng: &mut Engine, run: &mut Run, b: &Batch, retire: &[Instance], env: &HookEnv) -> Result<()> {
-    let launched = eng.launch(&run.target, &b.start, env).inspect_err(|_| run.launch_failed = true)?;
-    let step = run.step(launched.instances.clone(), retire.to_vec(), Leave::Backup, b.maintenance);
-    let applied = match run.apply(eng, step) {
-        Ok(a) => a,
-        Err(e) => {
-            if !is_unsettled(&e) {
-                eng.undo_launch(&launched.instances);
-            }
-            return Err(e);
-        }
-    };
-    run.drain(eng, &applied, " (long requests or open connections); going on");
-    if let Err(why) = eng.verify(&launched.instances) {
-        // Back to the instances it replaced: still running, listed as backup.
-        eng.progress.warn(format!("{} failed after it got traffic ({why}); taking it out again", run.label()));
-        let back = run.undo(retire.to_vec(), launched.instances.clone(), Leave::Out, b.maintenance);
-        let applied = run.apply(eng, back)?;
-        run.drain(eng, &applied, "; stopping the failed instances anyway");
-        eng.stop(&launched.instances, "stop")?;
-        return Err(Failure::error(Code::Unhealthy, format!("{} failed after the switch: {why}", run.target)));
-    }
-    run.last_healthy = Some((launched.healthy_at, launched.healthy_unix_ms));
+    // Beside the old ones, which leave as backup; after a failed verify they rejoin (still running) and the
+    // failed instances leave the upstream.
+    put_in(eng, run, b, env, retire, Leave::Backup, (retire, Leave::Out))?;
     run.stopped.extend(eng.retire()?);
     Ok(())
 }
@@ -212,8 +193,23 @@ fn in_place(eng: &mut Engine, run: &mut Run, b: &Batch, retire: &[Instance], env
         run.drain(eng, &applied, " (long requests or open connections); stopping them anyway");
         run.stopped.extend(eng.stop(retire, "stop")?);
     }
+    put_in(eng, run, b, env, &[], Leave::Down, (&[], Leave::Down))
+}
+
+/// Start the batch's new instances and put them in nginx's upstream, `leave` leaving as `leave_as`. A failed
+/// upstream change stops them again (unless nginx may still route to them). If they fail their verify window,
+/// `on_failure` says who rejoins and how the failed instances leave; then they are stopped: exit 3.
+fn put_in(
+    eng: &mut Engine,
+    run: &mut Run,
+    b: &Batch,
+    env: &HookEnv,
+    leave: &[Instance],
+    leave_as: Leave,
+    on_failure: (&[Instance], Leave),
+) -> Result<()> {
     let launched = eng.launch(&run.target, &b.start, env).inspect_err(|_| run.launch_failed = true)?;
-    let step = run.step(launched.instances.clone(), Vec::new(), Leave::Down, b.maintenance);
+    let step = run.step(launched.instances.clone(), leave.to_vec(), leave_as, b.maintenance);
     let applied = match run.apply(eng, step) {
         Ok(a) => a,
         Err(e) => {
@@ -226,8 +222,9 @@ fn in_place(eng: &mut Engine, run: &mut Run, b: &Batch, retire: &[Instance], env
     run.drain(eng, &applied, " (long requests or open connections); going on");
     if let Err(why) = eng.verify(&launched.instances) {
         eng.progress.warn(format!("{} failed after it got traffic ({why}); taking it out again", run.label()));
-        let out = run.undo(Vec::new(), launched.instances.clone(), Leave::Down, b.maintenance);
-        let applied = run.apply(eng, out)?;
+        let (rejoin, failed_leave_as) = on_failure;
+        let undo = run.undo(rejoin.to_vec(), launched.instances.clone(), failed_leave_as, b.maintenance);
+        let applied = run.apply(eng, undo)?;
         run.drain(eng, &applied, "; stopping the failed instances anyway");
         eng.stop(&launched.instances, "stop")?;
         return Err(Failure::error(Code::Unhealthy, format!("{} failed after the switch: {why}", run.target)));
