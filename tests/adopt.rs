@@ -109,14 +109,7 @@ impl Layout {
         {
             std::fs::write(d.join("scripts").join(name), text).unwrap();
         }
-        let st = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(format!("{}/", d.join("nginx").display()))
-            .args(["-c", "conf/nginx.conf"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "could not start the test nginx");
-        assert!(wait_until(Duration::from_secs(5), || layout.master().is_some()));
+        assert!(start_nginx(&d.join("nginx")));
         layout
     }
 
@@ -161,17 +154,12 @@ impl Layout {
     }
 
     fn cutover(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .env_remove("CUTOVER_CONFIG")
-            .arg("-c")
-            .arg(self.config())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        outcome(
+            Command::new(env!("CARGO_BIN_EXE_cutover"))
+                .env_remove("CUTOVER_CONFIG")
+                .arg("-c")
+                .arg(self.config())
+                .args(args),
         )
     }
 

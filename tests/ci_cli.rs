@@ -15,22 +15,13 @@ fn cutover_in(dir: &Path) -> Command {
     c
 }
 
-fn output(mut c: Command) -> (i32, String, String) {
-    let out = c.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn app_finds_the_working_directory_config_of_that_app() {
     let env = Env::new();
     env.ok(&["deploy", "--release", "v1"]);
     let mut c = cutover_in(env.path());
     c.args(["--app", "shop", "status", "--json"]);
-    let (code, out, err) = output(c);
+    let (code, out, err) = outcome(&mut c);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["live"]["release"], "v1");
@@ -44,7 +35,7 @@ fn app_passes_over_another_apps_config_and_lists_every_path_tried() {
     let app = format!("nosuchapp{}", std::process::id());
     let mut c = cutover_in(env.path());
     c.args(["--app", &app, "status"]);
-    let (code, out, err) = output(c);
+    let (code, out, err) = outcome(&mut c);
     assert_eq!(code, 2, "{err}");
     assert_eq!(out, "");
     let local = format!("{} (./cutover.toml)", env.path().join("cutover.toml").display());
@@ -124,10 +115,10 @@ fn release_name_prints_the_derived_name_without_a_config() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cutover_in(dir.path());
     c.args(["release-name", "jenkins-myorg/myapp/feature%2Fx-7"]);
-    assert_eq!(output(c), (0, "jenkins-myorg-myapp-feature-x-7\n".into(), String::new()));
+    assert_eq!(outcome(&mut c), (0, "jenkins-myorg-myapp-feature-x-7\n".into(), String::new()));
     let mut c = cutover_in(dir.path());
     c.args(["release-name", "--json", "refs/tags/v1.2.0"]);
-    let (code, out, _) = output(c);
+    let (code, out, _) = outcome(&mut c);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v, serde_json::json!({ "ref": "refs/tags/v1.2.0", "release": "v1.2.0" }));
@@ -137,7 +128,7 @@ fn release_name_prints_the_derived_name_without_a_config() {
 fn visible_commands(dir: &Path) -> Vec<String> {
     let mut c = cutover_in(dir);
     c.arg("--help");
-    let (_, help, _) = output(c);
+    let (_, help, _) = outcome(&mut c);
     help.lines()
         .skip_while(|l| *l != "Commands:")
         .skip(1)
@@ -153,7 +144,7 @@ fn generate_man_writes_one_page_per_command() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cutover_in(dir.path());
     c.args(["generate", "man", "man"]);
-    let (code, out, err) = output(c);
+    let (code, out, err) = outcome(&mut c);
     assert_eq!(code, 0, "{err}");
     let commands = visible_commands(dir.path());
     assert!(commands.len() >= 12 && commands.contains(&"deploy".to_string()), "{commands:?}");
@@ -184,7 +175,7 @@ fn generated_bash_completion_loads_in_bash_and_hides_generate() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cutover_in(dir.path());
     c.args(["generate", "completions", "out"]);
-    let (code, _, err) = output(c);
+    let (code, _, err) = outcome(&mut c);
     assert_eq!(code, 0, "{err}");
     assert_eq!(names_in(&dir.path().join("out")), ["_cutover", "cutover.bash", "cutover.fish"]);
     // Complete `cutover de` and `cutover deploy --rel` with bash's own machinery.
@@ -205,7 +196,7 @@ fn generated_bash_completion_loads_in_bash_and_hides_generate() {
     }
     let mut c = cutover_in(dir.path());
     c.args(["completions", "bash"]);
-    let (_, stdout, _) = output(c);
+    let (_, stdout, _) = outcome(&mut c);
     assert_eq!(stdout, std::fs::read_to_string(dir.path().join("out/cutover.bash")).unwrap());
 }
 
@@ -215,7 +206,7 @@ fn init_refuses_app_rather_than_ignoring_it() {
     let mut c = cutover_in(dir.path());
     c.args(["--app", "shop", "init"]);
     assert_eq!(
-        output(c),
+        outcome(&mut c),
         (
             2,
             String::new(),

@@ -73,22 +73,17 @@ impl Host {
 
     /// cutover as nobody, with a clean environment.
     fn as_nobody(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(self.path().join("bin/cutover"))
-            .arg("-c")
-            .arg(self.path().join("cutover.toml"))
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", self.path().join("home"))
-            .current_dir(self.path())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        outcome(
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(self.path().join("bin/cutover"))
+                .arg("-c")
+                .arg(self.path().join("cutover.toml"))
+                .args(args)
+                .env_clear()
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .env("HOME", self.path().join("home"))
+                .current_dir(self.path()),
         )
     }
 
@@ -111,15 +106,8 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        if let Ok(text) = std::fs::read_to_string(self.path().join("state/shop/state.json")) {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            for d in [&v["live"], &v["previous"]] {
-                for i in d["instances"].as_array().into_iter().flatten() {
-                    if let Some(pid) = i["pid"].as_i64() {
-                        let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).status();
-                    }
-                }
-            }
+        for pid in pids_in_state(&self.path().join("state/shop/state.json")) {
+            signal_group(pid, 9);
         }
         if let Some(pid) = self.master() {
             kill(pid, 3);
@@ -162,14 +150,7 @@ fn setup() -> Host {
     assert_eq!(code, 0, "{err}");
     std::fs::write(&upstream, out).unwrap();
     chown(&upstream, Some(NOBODY), Some(NOBODY)).unwrap();
-    let st = Command::new(nginx_binary())
-        .arg("-p")
-        .arg(format!("{}/", d.join("nginx").display()))
-        .args(["-c", "conf/nginx.conf"])
-        .status()
-        .unwrap();
-    assert!(st.success(), "could not start the test nginx");
-    assert!(wait_until(Duration::from_secs(5), || host.master().is_some()));
+    assert!(start_nginx(&d.join("nginx")));
     host
 }
 

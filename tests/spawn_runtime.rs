@@ -465,13 +465,7 @@ fn up_brings_the_app_back_while_nginx_is_down_and_nginx_serves_it_when_it_starts
     assert!(!pids.is_empty() && pids.iter().all(|&p| pid_alive(p)), "the app runs again: {pids:?}");
     assert_eq!(env.state()["in_progress"], serde_json::Value::Null);
     // nginx starts (as its unit would, after cutover's): it serves v1 with no cutover command.
-    let st = std::process::Command::new(nginx_binary())
-        .arg("-p")
-        .arg(format!("{}/", env.path().join("nginx").display()))
-        .args(["-c", "conf/nginx.conf"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    start_nginx(&env.path().join("nginx"));
     assert!(wait_until(Duration::from_secs(5), || env.get("/").is_ok_and(|(s, _)| s == 200)));
     assert_eq!(env.serving(), "v1");
     let (code, out, _) = env.run(&["up"]);

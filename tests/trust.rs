@@ -334,21 +334,16 @@ fn as_an_unprivileged_user_the_same_checks_warn_and_the_command_runs() {
     let other = unnamed_uid();
     chown(&envf, other);
     let as_nobody = || {
-        let out = Command::new(&setpriv)
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&bin)
-            .arg("-c")
-            .arg(&cfg)
-            .arg("render")
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        outcome(
+            Command::new(&setpriv)
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(&bin)
+                .arg("-c")
+                .arg(&cfg)
+                .arg("render")
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .current_dir(dir),
         )
     };
     let (c, e) = (cfg.display().to_string(), envf.display().to_string());

@@ -102,7 +102,6 @@ impl Env {
     }
 
     pub fn with(opts: Opts) -> Env {
-        let nginx = nginx_binary();
         let dir = tempfile::Builder::new().prefix("cutover-test-").tempdir().unwrap();
         let nginx_port = free_port();
         let pool: Vec<u16> = (0..opts.pool_size).map(|_| free_port()).collect();
@@ -116,14 +115,7 @@ impl Env {
         let out = env.cutover().arg("render").output().unwrap();
         assert!(out.status.success(), "render failed: {}", String::from_utf8_lossy(&out.stderr));
         std::fs::write(env.upstream_path(), &out.stdout).unwrap();
-        let st = Command::new(&nginx)
-            .arg("-p")
-            .arg(format!("{}/", d.join("nginx").display()))
-            .args(["-c", "conf/nginx.conf"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "could not start the test nginx");
-        wait_until(Duration::from_secs(5), || env.master_pid().is_some());
+        start_nginx(&d.join("nginx"));
         env
     }
 
@@ -226,12 +218,7 @@ log_dir = "logs"
 
     /// Run cutover with `args`; returns (exit code, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = self.cutover().args(args).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        outcome(self.cutover().args(args))
     }
 
     /// Run and insist on exit 0.
@@ -294,6 +281,30 @@ impl Drop for Env {
             wait_until(Duration::from_secs(5), || !pid_alive(pid));
         }
     }
+}
+
+/// Run a command to its end: its exit code (-1 when a signal ended it), stdout and stderr.
+pub fn outcome(c: &mut Command) -> (i32, String, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Start the nginx whose prefix is `prefix` (its config `conf/nginx.conf`) and wait up to 5 s for its pid file
+/// (`logs/nginx.pid`); returns whether it appeared.
+pub fn start_nginx(prefix: &Path) -> bool {
+    let st = Command::new(nginx_binary())
+        .arg("-p")
+        .arg(format!("{}/", prefix.display()))
+        .args(["-c", "conf/nginx.conf"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "could not start the test nginx");
+    let pid_file = prefix.join("logs/nginx.pid");
+    wait_until(Duration::from_secs(5), || std::fs::read_to_string(&pid_file).is_ok_and(|t| !t.trim().is_empty()))
 }
 
 /// Every pid a state file records (live, canary, previous, rolling, unfinished, backup).
@@ -581,11 +592,7 @@ pub fn assert_no_loss_keepalive(
     label: &str,
     min_requests: u64,
 ) -> std::collections::BTreeMap<String, u64> {
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
-    let t = tally.lock().unwrap();
+    let t = stop_load(stop, handles, tally);
     println!(
         "zero-loss keep-alive ({label}): {} requests, {} non-2xx, {} failed, {} idle connection(s) closed by nginx \
          and sent again; by release {:?}",
@@ -595,10 +602,7 @@ pub fn assert_no_loss_keepalive(
         t.closed_idle,
         t.releases
     );
-    assert!(t.requests > min_requests, "the clients sent too little to mean anything: {}", t.requests);
-    assert!(t.non_2xx.is_empty(), "non-2xx answers: {:?}", &t.non_2xx[..t.non_2xx.len().min(10)]);
-    assert!(t.errors.is_empty(), "failed requests: {:?}", &t.errors[..t.errors.len().min(10)]);
-    t.releases.clone()
+    assert_lost_nothing(&t, min_requests, "failed requests")
 }
 
 /// Run `clients` threads sending `Connection: close` GETs through nginx until `stop` is set, or until the
@@ -643,11 +647,7 @@ pub fn assert_no_loss(
     label: &str,
     min_requests: u64,
 ) -> std::collections::BTreeMap<String, u64> {
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
-    let t = tally.lock().unwrap();
+    let t = stop_load(stop, handles, tally);
     println!(
         "zero-loss ({label}): {} requests, {} non-2xx, {} connection errors; by release {:?}",
         t.requests,
@@ -655,8 +655,27 @@ pub fn assert_no_loss(
         t.errors.len(),
         t.releases
     );
+    assert_lost_nothing(&t, min_requests, "failed connections")
+}
+
+/// Stop the clients of a load and wait for them: what they counted.
+fn stop_load<'a>(
+    stop: &AtomicBool,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    tally: &'a Mutex<Tally>,
+) -> std::sync::MutexGuard<'a, Tally> {
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    tally.lock().unwrap()
+}
+
+/// More than `min_requests` sent, every answer a 2xx, no failed request (`failed` names them in the message).
+/// Returns the answers by release.
+fn assert_lost_nothing(t: &Tally, min_requests: u64, failed: &str) -> std::collections::BTreeMap<String, u64> {
     assert!(t.requests > min_requests, "the clients sent too little to mean anything: {}", t.requests);
     assert!(t.non_2xx.is_empty(), "non-2xx answers: {:?}", &t.non_2xx[..t.non_2xx.len().min(10)]);
-    assert!(t.errors.is_empty(), "failed connections: {:?}", &t.errors[..t.errors.len().min(10)]);
+    assert!(t.errors.is_empty(), "{failed}: {:?}", &t.errors[..t.errors.len().min(10)]);
     t.releases.clone()
 }
