@@ -123,6 +123,7 @@ impl Layout {
 
     /// One deploy the switch.sh way: start.sh, health.sh, switch.sh.
     fn script_deploy(&self, release: &str) {
+        let old_workers = self.master().map(workers).unwrap_or_default();
         for script in ["start.sh", "health.sh", "switch.sh"] {
             let out = Command::new("bash")
                 .arg(self.path().join("scripts").join(script))
@@ -136,8 +137,11 @@ impl Layout {
                 .unwrap();
             assert!(out.status.success(), "{script} {release}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        // `nginx -s reload` returns before the new workers run: wait until they serve the release, as whoever
-        // ran switch.sh by hand would, so that the test starts from a host that serves it.
+        // `nginx -s reload` returns before the reload is done, and the old workers keep accepting connections
+        // (and proxying to the port switch.sh left) until they exit: wait for that, as cutover's drain does, so
+        // that the test starts from a host that serves only the new release.
+        let gone = || old_workers.iter().all(|&p| !pid_alive(p));
+        assert!(wait_until(Duration::from_secs(10), gone), "nginx's old workers still run after switch.sh");
         let served = || {
             http_get(self.nginx_port, "/", Duration::from_secs(1))
                 .is_ok_and(|(status, body)| status == 200 && release_of(&body) == release)

@@ -15,20 +15,6 @@ fn canary_section(more: &str) -> String {
     )
 }
 
-fn workers(master: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-                f.get(1) == Some(&master.to_string().as_str()) && f.first() != Some(&"Z")
-            })
-        })
-        .collect()
-}
-
 /// The operator's own `systemctl reload nginx` after editing the site: SIGHUP, wait for new workers.
 fn reload(env: &Env) {
     let master = env.master_pid().unwrap();

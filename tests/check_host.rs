@@ -28,20 +28,6 @@ fn line_of(text: &str, what: &str) -> usize {
     text[..text.find(what).unwrap()].matches('\n').count() + 1
 }
 
-fn workers(master: i32) -> Vec<i32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let rest = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.get(1) == Some(&master.to_string().as_str()) && f.first() != Some(&"Z") {
-            v.push(pid);
-        }
-    }
-    v
-}
-
 /// SIGHUP the env's nginx and wait until its workers are all new ones (the reload took).
 fn reload(env: &Env) {
     let master = env.master_pid().unwrap();

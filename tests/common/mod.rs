@@ -352,6 +352,21 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// The live children of an nginx master: its workers (and, for a moment after a reload, the old ones).
+pub fn workers(master: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+                f.get(1) == Some(&master.to_string().as_str()) && f.first() != Some(&"Z")
+            })
+        })
+        .collect()
+}
+
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
