@@ -123,8 +123,15 @@ impl Layout {
 
     /// One deploy the switch.sh way: start.sh, health.sh, switch.sh.
     fn script_deploy(&self, release: &str) {
-        let old_workers = self.master().map(workers).unwrap_or_default();
+        let mut old_workers = Vec::new();
         for script in ["start.sh", "health.sh", "switch.sh"] {
+            if script == "switch.sh" {
+                // The workers that will route to the old port until they exit (nginx forks its first ones only
+                // after writing its pid file, so they are looked up here, not when nginx was started).
+                let master = self.master().expect("the test nginx runs");
+                assert!(wait_until(Duration::from_secs(5), || !workers(master).is_empty()), "nginx has no workers");
+                old_workers = workers(master);
+            }
             let out = Command::new("bash")
                 .arg(self.path().join("scripts").join(script))
                 .arg(release)
